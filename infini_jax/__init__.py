@@ -1,0 +1,1 @@
+"""infini-jax: Infini-attention transformers in JAX/Flax."""
