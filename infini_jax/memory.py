@@ -1,0 +1,120 @@
+"""The compressive memory of Infini-attention, as pure functions on an explicit state.
+
+Axis legend (used in every einsum below):
+  B batch, T tokens of the segment, N query heads, K key/value heads, G query heads per key/value
+  head (N = K * G), H key dim, V value dim.
+
+Each key/value head keeps an associative matrix M [H, V] and a normaliser z [H]:
+  retrieve  A_mem = σ(q) M / (σ(q) z)                           (paper eq. 3)
+  linear    M += σ(k)ᵀ v                                         (paper eq. 4)
+  delta     M += σ(k)ᵀ (v - σ(k) M / (σ(k) z))                   (paper eq. 5)
+  both      z += Σ_t σ(k_t)
+with σ = ELU + 1. Everything here runs in float32 whatever the caller's dtype: M and z grow with the
+stream, and bfloat16 accumulators overflow on long inputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+RULES = ("linear", "delta")
+
+
+class CompressiveMemory(NamedTuple):
+  """Per-layer memory state: M [B, K, H, V] and z [B, K, H], float32."""
+
+  M: jax.Array
+  z: jax.Array
+
+
+def init_memory(batch: int, kv_heads: int, key_dim: int, value_dim: int) -> CompressiveMemory:
+  """The empty memory M_0 = 0, z_0 = 0."""
+  return CompressiveMemory(
+      M=jnp.zeros((batch, kv_heads, key_dim, value_dim), jnp.float32),
+      z=jnp.zeros((batch, kv_heads, key_dim), jnp.float32),
+  )
+
+
+def sigma(x: jax.Array) -> jax.Array:
+  """ELU + 1: a positive feature map, so that σ(q)·z > 0 once anything was written."""
+  return jax.nn.elu(x.astype(jnp.float32)) + 1.0
+
+
+def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+  """num / den[..., None], exactly 0 where den == 0 (the empty memory reads as nothing).
+
+  The double `where` keeps gradients finite too: the masked branch never divides by zero.
+  """
+  ok = den > 0
+  return jnp.where(ok[..., None], num / jnp.where(ok, den, 1.0)[..., None], 0.0)
+
+
+def _check_memory(memory: CompressiveMemory) -> tuple[int, int, int, int]:
+  if memory.M.ndim != 4 or memory.z.ndim != 3 or memory.M.shape[:3] != memory.z.shape:
+    raise ValueError(
+        f"memory must hold M [B, K, H, V] and z [B, K, H]; got M {memory.M.shape}, z {memory.z.shape}")
+  return memory.M.shape
+
+
+def _read(memory: CompressiveMemory, sq: jax.Array) -> jax.Array:
+  """σ(q) M / (σ(q) z) for features sq [B, T, K, G, H] -> [B, T, K, G, V]."""
+  num = jnp.einsum("BTKGH,BKHV->BTKGV", sq, memory.M)  # [B, T, K, G, V]
+  den = jnp.einsum("BTKGH,BKH->BTKG", sq, memory.z)  # [B, T, K, G]
+  return _safe_divide(num, den)
+
+
+def retrieve(memory: CompressiveMemory, q: jax.Array) -> jax.Array:
+  """Reads the memory for queries q [B, T, N, H]; returns [B, T, N, V] float32.
+
+  Query head n reads key/value head n // G (grouped-query attention, G = N // K).
+  """
+  B, K, H, V = _check_memory(memory)
+  if q.ndim != 4 or q.shape[0] != B or q.shape[3] != H:
+    raise ValueError(f"q must be [B={B}, T, N, H={H}] to read this memory; got {q.shape}")
+  N = q.shape[2]
+  if N % K:
+    raise ValueError(f"query heads N={N} must be a multiple of the memory's key/value heads K={K}")
+  T = q.shape[1]
+  sq = sigma(q).reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+  return _read(memory, sq).reshape(B, T, N, V)
+
+
+def update(
+    memory: CompressiveMemory,
+    k: jax.Array,
+    v: jax.Array,
+    rule: str,
+    mask: jax.Array | None = None,
+) -> CompressiveMemory:
+  """Writes one segment's keys k [B, T, K, H] and values v [B, T, K, V] into the memory.
+
+  mask [B, T] (bool, False on padding) removes padded tokens from both M and z.
+  """
+  if rule not in RULES:
+    raise ValueError(f"unknown memory update rule {rule!r}; use one of {RULES}")
+  B, K, H, V = _check_memory(memory)
+  if k.ndim != 4 or k.shape[0] != B or k.shape[2:] != (K, H):
+    raise ValueError(f"k must be [B={B}, T, K={K}, H={H}] for this memory; got {k.shape}")
+  if v.shape != k.shape[:3] + (V,):
+    raise ValueError(f"v must be [B={B}, T={k.shape[1]}, K={K}, V={V}]; got {v.shape}")
+  if mask is not None and mask.shape != k.shape[:2]:
+    raise ValueError(f"mask must be [B, T] = {k.shape[:2]}; got {mask.shape}")
+
+  sk = sigma(k)  # [B, T, K, H]
+  v = v.astype(jnp.float32)
+  if rule == "delta":
+    # Write only what the memory does not already return for this key (eq. 5).
+    v = v - _read(memory, sk[:, :, :, None, :])[:, :, :, 0, :]  # [B, T, K, V]
+  if mask is not None:
+    sk = sk * mask[:, :, None, None].astype(jnp.float32)
+  M = memory.M + jnp.einsum("BTKH,BTKV->BKHV", sk, v)  # [B, K, H, V]
+  z = memory.z + jnp.einsum("BTKH->BKH", sk)  # [B, K, H]
+  return CompressiveMemory(M, z)
+
+
+def state_size(kv_heads: int, key_dim: int, value_dim: int) -> int:
+  """Numbers held per layer and sequence: K·(H·V + H), independent of the stream's length."""
+  return kv_heads * (key_dim * value_dim + key_dim)

@@ -1,0 +1,214 @@
+"""The decoder LM: pre-norm blocks over segments, one explicit memory state per layer.
+
+Axis legend: B batch, L input length, S number of segments, T segment length, D model dim,
+F feed-forward dim, W vocabulary size.
+
+Data flow: tokens [B, L] -> padded to S·T and cut into segments -> `jax.lax.scan` over segments
+(segment-major: each step runs the whole stack on one segment, so the state of every layer is the
+scan's carry) -> one output per segment. The readout (logits, or the loss) is computed inside the
+scan, so a long input never materialises [B, L, W] logits. Each segment step is rematerialised with
+the configured policy: back-propagation through time keeps only the carries between segments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from infini_jax import sharding as sh
+from infini_jax.attention import InfiniAttention, param
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # no rematerialisation: fastest, memory grows with the number of segments
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the carries between segments
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """The model's shape and numerics; presets live in configs/models.py."""
+
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  segment_len: int
+  memory: str = "infini"
+  rule: str = "linear"
+  gate_init: float = 0.0
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  dtype: str = "float32"  # compute dtype; memory math, softmax, gate and loss stay float32
+  param_dtype: str = "float32"
+  remat: str = "full"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                 "mlp_dim", "segment_len"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name} must be positive; got {getattr(self, name)}")
+    if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
+      raise ValueError(f"model.dtype and model.param_dtype must be one of {tuple(DTYPES)}; "
+                       f"got {self.dtype!r}, {self.param_dtype!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown model.remat {self.remat!r}; use one of {tuple(REMAT_POLICIES)}")
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), sharding=(sh.EMBED,),
+                           eager_sharding=False)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class MLP(nnx.Module):
+  """SwiGLU feed-forward: down(silu(x W_gate) * x W_up)."""
+
+  def __init__(self, d_model: int, mlp_dim: int, dtype, param_dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.w_gate = param(rngs, (d_model, mlp_dim), (sh.EMBED, sh.MLP), 0, 1, param_dtype)
+    self.w_up = param(rngs, (d_model, mlp_dim), (sh.EMBED, sh.MLP), 0, 1, param_dtype)
+    self.w_down = param(rngs, (mlp_dim, d_model), (sh.MLP, sh.EMBED), 0, 1, param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gate = jnp.einsum("BTD,DF->BTF", x, self.w_gate[...].astype(self.dtype))
+    up = jnp.einsum("BTD,DF->BTF", x, self.w_up[...].astype(self.dtype))
+    return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down[...].astype(self.dtype))
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
+    self.attn = InfiniAttention(
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, memory=cfg.memory,
+        rule=cfg.rule, gate_init=cfg.gate_init, rope_theta=cfg.rope_theta, dtype=dtype,
+        param_dtype=param_dtype, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
+    self.mlp = MLP(cfg.d_model, cfg.mlp_dim, dtype, param_dtype, rngs)
+
+  def __call__(self, x, state, mask):
+    y, state = self.attn(self.attn_norm(x), state, mask)
+    x = x + y
+    return x + self.mlp(self.mlp_norm(x)), state
+
+
+class InfiniTransformer(nnx.Module):
+  """Decoder-only LM whose attention layers carry a compressive memory across segments.
+
+  `model(tokens, state, mask)` returns (logits, state); `model.nll(tokens, targets, state, mask)`
+  returns (per-token negative log-likelihood, state) without materialising all the logits. Both run
+  the same segment scan. `state=None` starts from empty memories (`init_state`). Calling on a long
+  input at once or chunk by chunk (chunks a multiple of segment_len), passing the state along,
+  gives the same result.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = DTYPES[cfg.dtype]
+    param_dtype = DTYPES[cfg.param_dtype]
+    # Embedding rows have unit scale: the input of the first norm, not of a matmul.
+    self.embed = nnx.Param(
+        jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
+        sharding=(sh.VOCAB, sh.EMBED), eager_sharding=False)
+    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
+    if not cfg.tie_embeddings:
+      self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,
+                           param_dtype)
+
+  def init_state(self, batch: int) -> tuple:
+    """The empty state: one entry per layer (a CompressiveMemory, or None without memory)."""
+    return tuple(block.attn.init_state(batch) for block in self.blocks)
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final hidden states [B, T, D] -> float32 logits [B, T, W]."""
+    h = self.final_norm(h)
+    if self.cfg.tie_embeddings:
+      out = jnp.einsum("BTD,WD->BTW", h, self.embed[...].astype(self.dtype))
+    else:
+      out = jnp.einsum("BTD,DW->BTW", h, self.unembed[...].astype(self.dtype))
+    return out.astype(jnp.float32)
+
+  def segment(self, tokens: jax.Array, state: tuple, mask: jax.Array):
+    """The whole stack on one segment: tokens [B, T], mask [B, T] -> (hidden [B, T, D], state)."""
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    new_state = []
+    for block, layer_state in zip(self.blocks, state):
+      x, layer_state = block(x, layer_state, mask)
+      new_state.append(layer_state)
+    return x, tuple(new_state)
+
+  def __call__(self, tokens: jax.Array, state: tuple | None = None,
+               mask: jax.Array | None = None):
+    """tokens [B, L] -> (logits [B, L, W] float32, state). For short inputs and decoding."""
+    return self._scan(tokens, state, mask, (), lambda model, h, _: model.logits(h))
+
+  def nll(self, tokens: jax.Array, targets: jax.Array, state: tuple | None = None,
+          mask: jax.Array | None = None):
+    """Per-token negative log-likelihood [B, L] float32 (0 where mask is False), and the state."""
+
+    def readout(model, h, xs):
+      seg_targets, seg_mask = xs
+      logp = jax.nn.log_softmax(model.logits(h), axis=-1)  # [B, T, W]
+      nll = -jnp.take_along_axis(logp, seg_targets[..., None], axis=-1)[..., 0]
+      return jnp.where(seg_mask, nll, 0.0)
+
+    mask = jnp.ones(tokens.shape, bool) if mask is None else mask
+    return self._scan(tokens, state, mask, (targets, mask), readout)
+
+  def _scan(self, tokens, state, mask, extra, readout: Callable):
+    """Pads tokens [B, L] to whole segments and scans the stack over them.
+
+    `extra` holds arrays shaped like tokens that are cut into segments alongside them and handed
+    to `readout(model, hidden, extra_segment)`, whose [B, T, ...] outputs are joined back to [B, L].
+    """
+    B, L = tokens.shape
+    T = self.cfg.segment_len
+    S = -(-L // T)
+    if state is None:
+      state = self.init_state(B)
+    mask = jnp.ones((B, L), bool) if mask is None else mask.astype(bool)
+    if mask.shape != (B, L):
+      raise ValueError(f"mask must be [B, L] = {(B, L)}; got {mask.shape}")
+
+    def to_segments(x):  # [B, L, ...] -> [S, B, T, ...], padding the tail with zeros / False
+      x = jnp.pad(x, [(0, 0), (0, S * T - L)] + [(0, 0)] * (x.ndim - 2))
+      return jnp.moveaxis(x.reshape(B, S, T, *x.shape[2:]), 1, 0)
+
+    graphdef, params = nnx.split(self)
+
+    def step(params, carry, xs):
+      model = nnx.merge(graphdef, params)
+      seg_tokens, seg_mask, seg_extra = xs
+      h, carry = model.segment(seg_tokens, carry, seg_mask)
+      return carry, readout(model, h, seg_extra)
+
+    policy = REMAT_POLICIES[self.cfg.remat]
+    if self.cfg.remat != "none":
+      step = jax.checkpoint(step, policy=policy, prevent_cse=False)
+    xs = (to_segments(tokens), to_segments(mask), jax.tree.map(to_segments, extra))
+    state, out = jax.lax.scan(lambda c, x: step(params, c, x), state, xs)  # out [S, B, T, ...]
+    out = jnp.moveaxis(out, 0, 1).reshape(B, S * T, *out.shape[3:])[:, :L]
+    return out, state
+
+  def gates(self) -> jax.Array:
+    """sigmoid(β) [layers, heads] for the gate analysis (the paper's Figure 3)."""
+    return jnp.stack([block.attn.gate_value() for block in self.blocks])

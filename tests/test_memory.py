@@ -1,0 +1,148 @@
+"""memory.py against a float64 NumPy transcription of the paper's equations (3)-(5)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infini_jax import memory as memlib
+
+
+def np_sigma(x):
+  return np.where(x > 0, x + 1.0, np.exp(x))  # ELU + 1
+
+
+def np_retrieve(M, z, q):
+  """M [B, K, H, V], z [B, K, H], q [B, T, N, H]: head n reads memory n // (N // K)."""
+  B, T, N, _ = q.shape
+  K, V = M.shape[1], M.shape[3]
+  out = np.zeros((B, T, N, V))
+  for b in range(B):
+    for n in range(N):
+      kv = n // (N // K)
+      for t in range(T):
+        sq = np_sigma(q[b, t, n])
+        den = sq @ z[b, kv]
+        out[b, t, n] = 0.0 if den == 0 else (sq @ M[b, kv]) / den
+  return out
+
+
+def np_update(M, z, k, v, rule, mask):
+  """k [B, T, K, H], v [B, T, K, V], mask [B, T]: one segment written after the read."""
+  M, z = M.copy(), z.copy()
+  B, T, K, _ = k.shape
+  for b in range(B):
+    for kv in range(K):
+      sk = np_sigma(k[b, :, kv]) * mask[b, :, None]  # [T, H]
+      vv = v[b, :, kv].copy()  # [T, V]
+      if rule == "delta":
+        for t in range(T):
+          den = sk[t] @ z[b, kv]
+          if den != 0:
+            vv[t] -= (sk[t] @ M[b, kv]) / den
+      M[b, kv] += sk.T @ vv
+      z[b, kv] += sk.sum(0)
+  return M, z
+
+
+def random(shape, seed):
+  return np.random.default_rng(seed).normal(size=shape)
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+@pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])  # (N, K): MHA, GQA, MQA
+def test_stream_of_segments_matches_numpy(rule, heads):
+  N, K = heads
+  B, T, H, V, S = 2, 5, 4, 3, 3
+  mem = memlib.init_memory(B, K, H, V)
+  M, z = np.zeros((B, K, H, V)), np.zeros((B, K, H))
+  for s in range(S):
+    q, k, v = random((B, T, N, H), 3 * s), random((B, T, K, H), 3 * s + 1), random((B, T, K, V), 3 * s + 2)
+    mask = np.ones((B, T), bool)
+    mask[1, 3:] = s == S - 1  # the last segment of row 1 ends in padding
+    got = memlib.retrieve(mem, jnp.asarray(q, jnp.float32))
+    want = np_retrieve(M, z, q)
+    assert got.dtype == jnp.float32 and got.shape == (B, T, N, V)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+    mem = memlib.update(mem, jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32), rule,
+                        jnp.asarray(mask))
+    M, z = np_update(M, z, k, v, rule, mask)
+    np.testing.assert_allclose(mem.M, M, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(mem.z, z, rtol=2e-5, atol=2e-5)
+
+
+def test_delta_differs_from_linear_once_memory_is_not_empty():
+  B, T, K, H = 1, 4, 1, 3
+  k, v = jnp.asarray(random((B, T, K, H), 0)), jnp.asarray(random((B, T, K, H), 1))
+  first = {r: memlib.update(memlib.init_memory(B, K, H, H), k, v, r) for r in memlib.RULES}
+  # On the empty memory the delta term reads 0, so both rules write the same thing ...
+  np.testing.assert_allclose(first["linear"].M, first["delta"].M, rtol=1e-6)
+  # ... and writing the same pairs again changes M far less under delta (they are already stored).
+  again = {r: memlib.update(first[r], k, v, r) for r in memlib.RULES}
+  assert jnp.abs(again["delta"].M - first["delta"].M).sum() < 0.5 * jnp.abs(
+      again["linear"].M - first["linear"].M).sum()
+
+
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+def test_padded_tokens_change_nothing(rule):
+  B, T, K, H = 2, 6, 2, 4
+  mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(random((B, T, K, H), 0)),
+                      jnp.asarray(random((B, T, K, H), 1)), rule)
+  k, v = jnp.asarray(random((B, T, K, H), 2)), jnp.asarray(random((B, T, K, H), 3))
+  mask = jnp.arange(T)[None, :] < jnp.array([[4], [T]])  # row 0 has 2 padded tokens
+  masked = memlib.update(mem, k, v, rule, mask)
+  # Same as writing only the real tokens; the garbage in padded k/v must not matter either.
+  trimmed = memlib.update(
+      jax.tree.map(lambda x: x[:1], mem), k[:1, :4], v[:1, :4], rule)
+  np.testing.assert_allclose(masked.M[0], trimmed.M[0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(masked.z[0], trimmed.z[0], rtol=1e-5, atol=1e-6)
+  garbage = memlib.update(mem, k.at[0, 4:].set(1e3), v.at[0, 4:].set(-1e3), rule, mask)
+  np.testing.assert_array_equal(garbage.M, masked.M)
+  # An all-padding segment leaves the memory exactly as it was.
+  nothing = memlib.update(mem, k, v, rule, jnp.zeros((B, T), bool))
+  np.testing.assert_array_equal(nothing.M, mem.M)
+  np.testing.assert_array_equal(nothing.z, mem.z)
+
+
+def test_empty_memory_reads_exact_zero_with_finite_gradients():
+  mem = memlib.init_memory(2, 2, 4, 3)
+  q = jnp.asarray(random((2, 5, 4, 4), 0), jnp.float32)
+  out = memlib.retrieve(mem, q)
+  assert (out == 0).all()
+
+  def loss(q, M, z):
+    return memlib.retrieve(memlib.CompressiveMemory(M, z), q).sum()
+
+  grads = jax.grad(loss, argnums=(0, 1, 2))(q, mem.M, mem.z)
+  assert all(bool(jnp.isfinite(g).all()) for g in grads)
+
+
+def test_memory_is_float32_whatever_the_input_dtype():
+  mem = memlib.init_memory(1, 1, 4, 4)
+  k = jnp.asarray(random((1, 3, 1, 4), 0), jnp.bfloat16)
+  mem = memlib.update(mem, k, k, "delta")
+  assert mem.M.dtype == mem.z.dtype == jnp.float32
+  assert memlib.retrieve(mem, k).dtype == jnp.float32
+
+
+def test_bad_input_names_what_is_wrong():
+  mem = memlib.init_memory(2, 2, 4, 3)
+  k, v = jnp.zeros((2, 5, 2, 4)), jnp.zeros((2, 5, 2, 3))
+  with pytest.raises(ValueError, match="unknown memory update rule 'hebbian'"):
+    memlib.update(mem, k, v, "hebbian")
+  with pytest.raises(ValueError, match="k must be"):
+    memlib.update(mem, jnp.zeros((2, 5, 3, 4)), v, "linear")
+  with pytest.raises(ValueError, match="v must be"):
+    memlib.update(mem, k, jnp.zeros((2, 5, 2, 4)), "linear")
+  with pytest.raises(ValueError, match="mask must be"):
+    memlib.update(mem, k, v, "linear", jnp.ones((2, 4), bool))
+  with pytest.raises(ValueError, match="multiple of the memory's key/value heads"):
+    memlib.retrieve(mem, jnp.zeros((2, 5, 3, 4)))
+  with pytest.raises(ValueError, match="q must be"):
+    memlib.retrieve(mem, jnp.zeros((2, 5, 4, 5)))
+
+
+def test_state_size_is_the_papers_formula():
+  mem = memlib.init_memory(1, 8, 128, 128)
+  numbers = mem.M.size + mem.z.size
+  assert numbers == memlib.state_size(8, 128, 128) == 8 * 128 * (128 + 1)
