@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax import sharding as sh
-from infini_jax.attention import InfiniAttention, param
+from infini_jax.attention import MEMORIES, InfiniAttention, param
+from infini_jax.memory import RULES
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,  # no rematerialisation: fastest, memory grows with the number of segments
@@ -62,6 +63,24 @@ class ModelConfig:
                        f"got {self.dtype!r}, {self.param_dtype!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown model.remat {self.remat!r}; use one of {tuple(REMAT_POLICIES)}")
+    if self.memory not in MEMORIES:
+      raise ValueError(f"unknown model.memory {self.memory!r}; use one of {MEMORIES}")
+    if self.rule not in RULES:
+      raise ValueError(f"unknown model.rule {self.rule!r}; use one of {RULES}")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
+                       f"model.num_kv_heads={self.num_kv_heads}")
+
+  def flops_per_token(self) -> float:
+    """Forward FLOPs per token: matmuls (2 per multiply-add) with segment attention counted as the
+    full T x T square (as peers count it), the memory read and write, and the unembedding."""
+    D, N, K, H, F, T = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
+                        self.mlp_dim, self.segment_len)
+    proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D
+    attn = 4 * T * N * H
+    mem = (4 * N * H * H + 4 * N * H) if self.memory == "infini" else 0
+    mlp = 6 * D * F
+    return self.num_layers * (proj + attn + mem + mlp) + 2 * D * self.vocab_size
 
 
 class RMSNorm(nnx.Module):

@@ -160,7 +160,9 @@ def test_tiny_model_overfits_one_batch(make_model):
 def test_bad_config_is_refused():
   with pytest.raises(ValueError, match="unknown model.remat"):
     dataclasses.replace(TINY, remat="sometimes")
-  with pytest.raises(ValueError, match="unknown memory"):
-    InfiniTransformer(dataclasses.replace(TINY, memory="lstm"), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="multiple of num_kv_heads"):
-    InfiniTransformer(dataclasses.replace(TINY, num_kv_heads=3), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="unknown model.memory 'lstm'"):
+    dataclasses.replace(TINY, memory="lstm")
+  with pytest.raises(ValueError, match="unknown model.rule"):
+    dataclasses.replace(TINY, rule="hebbian")
+  with pytest.raises(ValueError, match="must be a multiple of model.num_kv_heads=3"):
+    dataclasses.replace(TINY, num_kv_heads=3)

@@ -1,0 +1,87 @@
+"""One Infini-attention layer over a long sequence: tokens/s, compiled memory and MFU.
+
+Shape (the one public implementations report): d_model 512, 8 heads of 64, segment 1024, sequence
+8192, batch 1, float32. Compared in the same run with full causal attention over all 8192 tokens
+and with XLA's float32 matmul peak on this machine.
+
+FLOPs per token (forward), the formula peers use, D model dim, N heads, H head dim, T segment:
+  projections  2·D·3·N·H + 2·N·H·D             q, k, v and o
+  attention    2·T·N·H + 2·T·N·H               q kᵀ and p v over the full T x T square
+  memory       2·N·H·H + 2·N·H + 2·N·H·H + 2·N·H   read (numerator, denominator), write (M, z)
+forward+backward = 3 x forward. Rematerialisation's extra forward is not counted (as in MFU).
+
+  python -m bench.layer            # writes bench/out/layer.json
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bench import common
+from infini_jax.attention import InfiniAttention
+
+D, N, H, T, L, B = 512, 8, 64, 1024, 8192, 1
+
+
+def flops_per_token(segment: int, memory: bool) -> float:
+  proj = 2 * D * 3 * N * H + 2 * N * H * D
+  attn = 4 * segment * N * H
+  mem = (4 * N * H * H + 4 * N * H) if memory else 0
+  return proj + attn + mem
+
+
+def scanned(layer: InfiniAttention, segment: int, remat: bool):
+  """x [B, L, D] -> y [B, L, D], the layer scanned over segments with its memory as the carry."""
+  graphdef, params = nnx.split(layer)
+
+  def step(params, state, x):
+    y, state = nnx.merge(graphdef, params)(x, state)
+    return state, y
+
+  if remat:
+    step = jax.checkpoint(step, prevent_cse=False)
+
+  def run(params, x):
+    xs = jnp.moveaxis(x.reshape(B, L // segment, segment, D), 1, 0)
+    _, ys = jax.lax.scan(lambda s, xi: step(params, s, xi), layer.init_state(B), xs)
+    return jnp.moveaxis(ys, 0, 1).reshape(B, L, D)
+
+  return params, run
+
+
+def measure(name: str, memory: str, segment: int, remat: bool, peak: float) -> dict:
+  layer = InfiniAttention(D, N, N, H, memory=memory, rngs=nnx.Rngs(0))
+  params, run = scanned(layer, segment, remat)
+  x = jax.random.normal(jax.random.key(1), (B, L, D))
+  fwd = jax.jit(run)
+  fwd_bwd = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1)))
+  t_fwd = common.time_call(fwd, params, x)
+  t_train = common.time_call(fwd_bwd, params, x)
+  flops = flops_per_token(segment, memory == "infini") * B * L
+  row = dict(
+      name=name, remat=remat,
+      fwd_tokens_per_s=B * L / t_fwd, train_tokens_per_s=B * L / t_train,
+      fwd_mfu=flops / t_fwd / peak, train_mfu=3 * flops / t_train / peak,
+      fwd_bytes=common.compiled_bytes(fwd, params, x),
+      train_bytes=common.compiled_bytes(fwd_bwd, params, x))
+  print(f"{name:34s} fwd {row['fwd_tokens_per_s']:9.0f} tok/s ({row['fwd_mfu']:5.1%})  "
+        f"fwd+bwd {row['train_tokens_per_s']:8.0f} tok/s ({row['train_mfu']:5.1%})  "
+        f"memory fwd+bwd {row['train_bytes'] / 2**20:7.0f} MiB")
+  return row
+
+
+def main():
+  peak = common.matmul_peak_flops()
+  print(f"XLA float32 matmul peak: {peak / 1e9:.0f} GFLOP/s")
+  rows = [
+      measure("infini, segment 1024, remat", "infini", T, True, peak),
+      measure("infini, segment 1024, no remat", "infini", T, False, peak),
+      measure("full causal, 8192", "local", L, False, peak),
+  ]
+  print("wrote", common.write("layer", dict(peak_flops=peak, rows=rows)))
+
+
+if __name__ == "__main__":
+  main()

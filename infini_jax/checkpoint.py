@@ -1,0 +1,53 @@
+"""Orbax checkpoints of the whole training state: parameters, optimizer, step and data iterator.
+
+Layout: WORKDIR/checkpoints/STEP/{state, data}. `state` is a pytree of arrays (restored into an
+abstract target, so it lands with the shapes, dtypes and shardings the caller asks for); `data`
+is the grain iterator's JSON state, so a resumed run reads exactly the batches it would have read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    )
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict | None = None) -> None:
+    """Saves and waits: a checkpoint that is reported saved survives a SIGKILL right after."""
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_state is not None:
+      items["data"] = ocp.args.JsonSave(data_state)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+    self.manager.wait_until_finished()
+
+  def restore(self, abstract_state: Any, step: int | None = None,
+              with_data: bool = True) -> tuple[Any, dict | None]:
+    """(state, data_state) of `step` (default: the latest) into the shapes of abstract_state."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (python train.py)")
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(
+          f"no checkpoint for step {step} in {self.directory}; have {self.manager.all_steps()}")
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
+    if has_data:
+      items["data"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], (restored["data"] if has_data else None)
+
+  def close(self) -> None:
+    self.manager.close()

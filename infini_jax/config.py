@@ -1,0 +1,109 @@
+"""The experiment config's schema, argument parsing and validation.
+
+Every config file starts from `defaults()`, so all experiments share one schema and an override of
+a key that does not exist is an error (ml_collections refuses it). `validate` checks the settings
+against each other before any work starts.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import models
+from infini_jax.evaluate import REGISTRY as EVALUATORS
+from infini_jax.model import ModelConfig
+from infini_jax.optim import OPTIMIZERS
+
+DATASETS = ("python_code", "text_files", "passkey", "pg19")
+
+
+def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model_name = model_name
+  c.model = models.get(model_name, **model_overrides)
+  c.seq_len = 4 * c.model.segment_len  # training length: whole segments
+  c.batch_size = 8  # global, across all processes
+
+  c.data = ml_collections.ConfigDict(dict(
+      name="python_code", subset="stdlib", data_dir="data/tfds", tokenizer="byte", text_glob="",
+      train_split="train", eval_split="validation",
+      passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", lr=3e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1, b1=0.9,
+      b2=0.95, eps=1e-8, clip_norm=1.0, grad_accum=1, gate_lr_mult=10.0))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1000, log_every=20, eval_every=500, checkpoint_every=200, keep_checkpoints=2,
+      peak_flops=0.0))  # peak_flops 0: measure the XLA float32 matmul peak at start (for MFU)
+
+  # Evaluators run periodically and by eval.py: name -> settings (see infini_jax/evaluate.py).
+  c.evals = ml_collections.ConfigDict()
+  c.evals.perplexity = ml_collections.ConfigDict(dict(
+      split="validation", max_documents=16, max_tokens=16384, chunk_len=2048, batch_size=4))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.init_from = ""  # an orbax checkpoint to start the parameters from (continual pre-training)
+  return c
+
+
+def parse_arg(arg: str | None, **defaults_) -> ml_collections.ConfigDict:
+  """'runlocal,memory=xl' -> ConfigDict(runlocal=True, memory='xl') over `defaults_`.
+
+  A bare name sets a boolean; key=value takes the default's type. Unknown keys are errors.
+  """
+  out = ml_collections.ConfigDict(defaults_)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if key not in defaults_:
+      raise ValueError(f"unknown config argument {key!r}; this config takes {sorted(defaults_)}")
+    default = defaults_[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"config argument {key!r} needs a value: {key}=...")
+      out[key] = True
+    elif isinstance(default, bool):
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = type(default)(value)
+  return out
+
+
+def model_config(config) -> ModelConfig:
+  return ModelConfig(**config.model.to_dict())
+
+
+def validate(config, device_count: int | None = None, process_count: int = 1) -> ModelConfig:
+  """Checks the settings against each other; returns the ModelConfig. Raises ValueError."""
+  model = model_config(config)
+  if config.seq_len <= 0 or config.seq_len % model.segment_len:
+    raise ValueError(
+        f"seq_len={config.seq_len} must be a positive multiple of model.segment_len="
+        f"{model.segment_len}; e.g. --config.seq_len={4 * model.segment_len}")
+  if config.data.name not in DATASETS:
+    raise ValueError(f"unknown data.name {config.data.name!r}; use one of {DATASETS}")
+  if config.optimizer.name not in OPTIMIZERS:
+    raise ValueError(f"unknown optimizer.name {config.optimizer.name!r}; use one of {OPTIMIZERS}")
+  accum = config.optimizer.grad_accum
+  if accum < 1 or config.batch_size % (accum * process_count):
+    raise ValueError(
+        f"batch_size={config.batch_size} must divide into optimizer.grad_accum={accum} "
+        f"micro-batches on each of {process_count} processes")
+  for name, ev in config.evals.items():
+    kind = ev.get("kind", name)
+    if kind not in EVALUATORS:
+      raise ValueError(f"unknown evaluator {name!r}; use one of {sorted(EVALUATORS)} "
+                       "(or set its 'kind')")
+  if config.train.steps <= 0:
+    raise ValueError(f"train.steps must be positive; got {config.train.steps}")
+  if device_count is not None:
+    sizes = [config.mesh[a] for a in ("data", "fsdp", "tensor")]
+    fixed = 1
+    for s in sizes:
+      fixed *= s if s != -1 else 1
+    if sizes.count(-1) > 1 or device_count % fixed or (-1 not in sizes and fixed != device_count):
+      raise ValueError(
+          f"mesh data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} does not match the "
+          f"{device_count} devices; their product must equal it (at most one axis may be -1)")
+  return model
