@@ -83,6 +83,15 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
         f"{model.segment_len}; e.g. --config.seq_len={4 * model.segment_len}")
   if config.data.name not in DATASETS:
     raise ValueError(f"unknown data.name {config.data.name!r}; use one of {DATASETS}")
+  if not config.data.tokenizer:
+    raise ValueError("data.tokenizer is empty: set --config.data.tokenizer=byte or the path of a "
+                     "SentencePiece .model (python -m infini_jax.data.tokenizer train ...)")
+  if config.data.name == "text_files" and not config.data.text_glob:
+    raise ValueError("data.text_glob is empty: point it at your corpus, e.g. "
+                     "--config.data.text_glob='/data/books/*.txt'")
+  if config.init_from:
+    raise ValueError("init_from: starting from another checkpoint needs the checkpoint importer, "
+                     "which this version does not have yet; leave init_from empty")
   if config.optimizer.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer.name {config.optimizer.name!r}; use one of {OPTIMIZERS}")
   accum = config.optimizer.grad_accum

@@ -1,0 +1,45 @@
+"""Long-context language modelling on PG19, the paper's Table 2 setup.
+
+Model: 12 layers, 8 heads of 128, FFN 4096, segment 2048, training length 32768 (16 segments),
+Adafactor lr 0.01 with 1000 warm-up steps then cosine decay, batch 64 (Munkhdalai et al. 2024, 4.1).
+
+Data: the TFDS catalog's pg19, prepared once as array_record on a machine with internet access and
+TensorFlow (reading it afterwards needs neither):
+  pip install tensorflow-cpu
+  tfds build pg19 --data_dir=data/tfds --file_format=array_record
+and a 32K SentencePiece vocabulary trained on it:
+  python -m infini_jax.data.tokenizer train --dataset=pg19 --data_dir=data/tfds \
+      --vocab_size=32000 --out=data/pg19_32k.model
+
+  python train.py --config=configs/pg19.py:memory=infini,rule=delta --workdir=runs/pg19_delta
+  python train.py --config=configs/pg19.py:runlocal,memory=local --workdir=runs/pg19_local
+`runlocal` swaps in the embedded python_code corpus, byte tokens and the demo-sized model.
+"""
+
+from infini_jax import config as configlib
+
+
+def get_config(arg=None):
+  arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear")
+  if arg.runlocal:
+    c = configlib.defaults("demo", memory=arg.memory, rule=arg.rule)
+    c.seq_len = 4 * c.model.segment_len
+    c.batch_size = 4
+    c.optimizer.name = "adafactor"
+    c.optimizer.lr = 1e-2
+    c.optimizer.warmup_steps = 20
+    c.train.update(steps=100, log_every=10, eval_every=100, checkpoint_every=50)
+    c.evals.perplexity.update(max_documents=4, max_tokens=4096, chunk_len=512)
+    return c
+  c = configlib.defaults("paper_lm", memory=arg.memory, rule=arg.rule)
+  c.model.dtype = "bfloat16"
+  c.seq_len = 32768
+  c.batch_size = 64
+  c.data.update(name="pg19", tokenizer="data/pg19_32k.model")
+  c.optimizer.update(name="adafactor", lr=1e-2, warmup_steps=1000, weight_decay=0.0)
+  c.train.update(steps=100_000, log_every=100, eval_every=5000, checkpoint_every=1000,
+                 keep_checkpoints=3)
+  c.evals.perplexity.update(split="validation", max_documents=50, max_tokens=0, chunk_len=32768,
+                            batch_size=8)
+  c.evals.gates = dict()
+  return c

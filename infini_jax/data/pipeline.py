@@ -1,0 +1,277 @@
+"""grain pipelines: training windows (shuffled, batched, sharded per process) and eval documents.
+
+Training. Each document becomes `[BOS] + tokens + [EOS]` (L tokens, L - 1 targets) and is cut
+into windows of the training length T so that every target is predicted exactly once:
+
+    window w: inputs = toks[w*T : w*T + T], targets = toks[w*T + 1 : w*T + T + 1]
+
+The last window's short tail is padded (PAD, mask False) and never glued to the next document,
+so the model's memory never carries across documents. The corpus is tokenized once, when the
+pipeline is built, into one flat array; the window list (document, start) is computed from the
+lengths, and windows are cut lazily from it inside a grain `MapDataset`, so any batch of any
+epoch is random access:
+
+    range(windows).shuffle(seed).repeat(epochs)[: whole global batches]
+      .batch(local rows)[process_index::process_count].map(cut windows) -> to_iter_dataset
+
+Consecutive groups of `local = global / process_count` shuffled windows, dealt round-robin to the
+processes: process p's k-th batch is rows p*local:(p+1)*local of the k-th global batch a single
+process would see. The iterator is a grain `DatasetIterator`; its state is
+`it.get_state() == {"next_index": k}` (JSON-able), and `it.set_state(state)` on a pipeline built
+with the same arguments resumes with exactly the batches the uninterrupted one would have given.
+Save it with orbax as `grain.checkpoint.CheckpointSave(it)` (restore: `CheckpointRestore(it)`), or
+store the dict in the checkpoint's JSON metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+from ml_collections import ConfigDict
+
+from infini_jax.data import passkey, sources
+from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedCorpus:
+  """Documents as `[BOS] + tokens + [EOS]`, concatenated: document i is
+  tokens[offsets[i]:offsets[i + 1]]."""
+
+  tokens: np.ndarray  # [total] uint16 when the vocabulary fits (half the memory), else int32
+  offsets: np.ndarray  # [num_documents + 1] int64
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+  def __len__(self) -> int:
+    return len(self.offsets) - 1
+
+  def document(self, i: int) -> np.ndarray:
+    return self.tokens[self.offsets[i]:self.offsets[i + 1]].astype(np.int32)
+
+
+def tokenize_corpus(documents: Sequence[str], tokenizer: Tokenizer) -> TokenizedCorpus:
+  dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
+  bos, eos = np.array([tokenizer.bos_id], dtype), np.array([tokenizer.eos_id], dtype)
+  pieces = []
+  for text in documents:
+    pieces += [bos, tokenizer.encode_array(text).astype(dtype), eos]
+  lengths = np.array([len(p) for p in pieces[1::3]], np.int64) + 2
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+  return TokenizedCorpus(tokens, offsets)
+
+
+def window_index(lengths: np.ndarray, seq_len: int) -> np.ndarray:
+  """[W, 2] int64 (document, first input position) of every window; L - 1 targets per document."""
+  lengths = np.asarray(lengths, np.int64)
+  per_doc = (lengths - 1 + seq_len - 1) // seq_len  # [D] windows covering L - 1 targets
+  docs = np.repeat(np.arange(len(lengths)), per_doc)
+  first = np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
+  starts = (np.arange(len(docs)) - first) * seq_len
+  return np.stack([docs, starts], axis=1)
+
+
+class CutWindows:
+  """[B] window ids -> {"inputs", "targets": int32 [B, T], "mask": bool [B, T]}."""
+
+  def __init__(self, corpus: TokenizedCorpus, windows: np.ndarray, seq_len: int, pad_id: int):
+    self.corpus, self.windows, self.seq_len, self.pad_id = corpus, windows, seq_len, pad_id
+
+  def __call__(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
+    rows, T = len(window_ids), self.seq_len
+    inputs = np.full((rows, T), self.pad_id, np.int32)
+    targets = np.full((rows, T), self.pad_id, np.int32)
+    mask = np.zeros((rows, T), bool)
+    tokens, offsets = self.corpus.tokens, self.corpus.offsets
+    for r, (doc, start) in enumerate(self.windows[np.asarray(window_ids)]):
+      lo = offsets[doc] + start
+      chunk = tokens[lo:min(lo + T + 1, offsets[doc + 1])]  # [n + 1]: n inputs, n targets
+      n = len(chunk) - 1
+      inputs[r, :n] = chunk[:-1]
+      targets[r, :n] = chunk[1:]
+      mask[r, :n] = True
+    return {"inputs": inputs, "targets": targets, "mask": mask}
+
+
+def check_lengths(seq_len: int, segment_len: int) -> None:
+  if seq_len <= 0 or segment_len <= 0:
+    raise ValueError(f"training length {seq_len} and segment length {segment_len} must be > 0")
+  if seq_len % segment_len:
+    lower = max(seq_len // segment_len, 1) * segment_len
+    raise ValueError(
+        f"training length {seq_len} is not a multiple of the segment length {segment_len}: "
+        f"pick seq_len = k * segment_len (e.g. {lower} or {lower + segment_len}), or a segment "
+        f"length that divides {seq_len}")
+
+
+def check_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
+  """The per-process batch size."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} must be in [0, process_count="
+                     f"{process_count})")
+  if global_batch_size < 1 or global_batch_size % process_count:
+    raise ValueError(
+        f"global batch size {global_batch_size} does not split over {process_count} processes: "
+        f"use a positive multiple of {process_count}")
+  return global_batch_size // process_count
+
+
+def train_iterator(
+    documents: Sequence[str],
+    tokenizer: Tokenizer,
+    seq_len: int,
+    segment_len: int,
+    global_batch_size: int,
+    seed: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_epochs: int | None = None,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
+  """Training batches of this process from documents (see the module docstring).
+
+  num_epochs None repeats forever (each epoch shuffled differently); a finite count ends the
+  iterator after the last whole global batch.
+  """
+  check_lengths(seq_len, segment_len)
+  local = check_batch(global_batch_size, process_index, process_count)
+  corpus = tokenize_corpus(documents, tokenizer)
+  windows = window_index(corpus.lengths, seq_len)
+  if len(windows) == 0:
+    raise ValueError("no documents to train on: the training split is empty")
+  ds = grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat(num_epochs)
+  whole = len(ds) // global_batch_size * global_batch_size
+  if whole == 0:
+    raise ValueError(f"{len(windows)} windows x {num_epochs} epochs is less than one global "
+                     f"batch of {global_batch_size}: use more epochs or a smaller batch")
+  ds = ds[:whole].batch(local, drop_remainder=True)[process_index::process_count]
+  ds = ds.map(CutWindows(corpus, windows, seq_len, tokenizer.pad_id))
+  read_options = read_options or grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)
+  return iter(ds.to_iter_dataset(read_options))
+
+
+def _tokenizer(tokenizer: Tokenizer | str) -> Tokenizer:
+  return get_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+
+
+def _passkey_kwargs(data_cfg: ConfigDict, seq_len: int | None) -> dict[str, Any]:
+  digits = int(data_cfg.get("passkey_digits", 5))
+  length = int(data_cfg.get("passkey_length", 0))
+  if length <= 0:
+    if seq_len is None:
+      raise ValueError("passkey_length 0 means 'fit the training length': pass seq_len")
+    # [BOS] + prompt + " " + answer + [EOS] has prompt + answer + 1 targets: one window.
+    length = seq_len - len(get_tokenizer(data_cfg.tokenizer).encode(" " + "9" * digits)) - 1
+  return {"length": length, "digits": digits,
+          "position": str(data_cfg.get("passkey_position", "random")),
+          "num_examples": int(data_cfg.get("passkey_examples", 1000)),
+          "num_eval_examples": int(data_cfg.get("passkey_eval_examples", 100)),
+          "seed": int(data_cfg.get("passkey_seed", 0)),
+          "tokenizer": data_cfg.tokenizer}
+
+
+# Dataset name -> the builder arguments its data config fields name.
+_CONFIG_TO_KWARGS = {
+    "python_code": lambda cfg, seq_len: {"config": cfg.get("subset", "stdlib")},
+    "text_files": lambda cfg, seq_len: {"text_glob": cfg.get("text_glob", "")},
+    "passkey": _passkey_kwargs,
+    "pg19": lambda cfg, seq_len: {},
+}
+
+
+def builder_kwargs(data_cfg: ConfigDict, seq_len: int | None = None) -> dict[str, Any]:
+  """The builder arguments a data config names (see `make_train_iterator` for the fields)."""
+  sources.check_name(data_cfg.name)
+  return _CONFIG_TO_KWARGS[data_cfg.name](data_cfg, seq_len)
+
+
+def prepare_from_config(data_cfg: ConfigDict, seq_len: int | None = None) -> None:
+  """Prepares the config's dataset if it is one of ours (a fast no-op once done).
+
+  Multi-host: call it on one process per shared data_dir, then wait for it (a barrier), or
+  give every host its own local data_dir.
+  """
+  if data_cfg.name in sources.EMBEDDED:
+    sources.prepare(data_cfg.name, data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
+
+
+def make_train_iterator(
+    data_cfg: ConfigDict,
+    seq_len: int,
+    segment_len: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.DatasetIterator:
+  """This process's training batches for a data config.
+
+  data_cfg fields:
+    name: "python_code" | "text_files" | "passkey" | "pg19".
+    data_dir: TFDS data directory (prepare with `prepare_from_config` first).
+    tokenizer: "byte" or the path of a SentencePiece .model file.
+    train_split, eval_split: split names ("train", "validation", "test").
+    subset: python_code only, "stdlib" (default) or "small".
+    text_glob: text_files only, a folder or glob of UTF-8 text files.
+    passkey_length: prompt tokens; 0 fits one document per training window.
+    passkey_digits, passkey_position ("random", "start", "middle", "end" or a fraction),
+    passkey_examples (train size), passkey_eval_examples, passkey_seed: passkey only.
+    num_epochs: optional; None (default) repeats forever.
+
+  Returns a grain DatasetIterator of {"inputs", "targets": int32 [B, T], "mask": bool [B, T]}
+  with B = global_batch_size / process_count; checkpoint it through get_state / set_state.
+  """
+  check_lengths(seq_len, segment_len)
+  check_batch(global_batch_size, process_index, process_count)
+  documents = sources.load_source(data_cfg.name, data_cfg.get("train_split", "train"),
+                                  data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
+  return train_iterator(documents, get_tokenizer(data_cfg.tokenizer), seq_len, segment_len,
+                        global_batch_size, seed, process_index=process_index,
+                        process_count=process_count, num_epochs=data_cfg.get("num_epochs"))
+
+
+def iter_eval_documents(
+    name: str,
+    split: str,
+    data_dir: str,
+    tokenizer: Tokenizer | str,
+    max_documents: int | None = None,
+    min_length: int = 0,
+    **builder_kwargs: Any,
+) -> Iterator[np.ndarray]:
+  """Whole documents, untruncated, in the stored (deterministic) order: int32 [BOS + doc + EOS].
+
+  Documents with fewer than `min_length` tokens (BOS and EOS included) are skipped; at most
+  `max_documents` are yielded.
+  """
+  tok = _tokenizer(tokenizer)
+  documents = sources.load_source(name, split, data_dir, **builder_kwargs)
+  yielded = 0
+  for text in documents:
+    if max_documents is not None and yielded >= max_documents:
+      return
+    ids = np.concatenate([[tok.bos_id], tok.encode_array(text), [tok.eos_id]]).astype(np.int32)
+    if len(ids) >= min_length:
+      yielded += 1
+      yield ids
+
+
+def iter_passkey_prompts(
+    length: int,
+    position: str | float,
+    num_samples: int,
+    tokenizer: Tokenizer | str = "byte",
+    digits: int = 5,
+    seed: int = 0,
+) -> Iterator[tuple[np.ndarray, str]]:
+  """(prompt ids int32 [1 + ~length] with BOS first, answer digits), made on the fly."""
+  yield from passkey.passkey_prompts(length, position, num_samples, _tokenizer(tokenizer),
+                                     digits=digits, seed=seed)

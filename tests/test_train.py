@@ -1,0 +1,188 @@
+"""Configs, the optimizer's gate treatment, and training runs: loss falls, exact resume, SIGTERM."""
+
+import glob
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from infini_jax import config as configlib
+from infini_jax import metrics, optim, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+                 if not p.endswith(("__init__.py", "models.py")))
+# A tiny run on the small stdlib subset: compiles and trains in seconds.
+TINY_RUN = ["--config.data.subset=small", "--config.seq_len=128",
+            "--config.batch_size=4", "--config.train.log_every=1", "--config.train.eval_every=0",
+            "--config.optimizer.warmup_steps=2", "--config.train.peak_flops=1e11"]
+
+
+def load(name, arg=""):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def tiny(config, data_dir, steps=6):
+  config.model = configlib.defaults("tiny").model
+  config.model.segment_len = 32
+  config.seq_len, config.batch_size = 128, 4
+  config.data.update(subset="small", data_dir=data_dir)
+  config.train.update(steps=steps, log_every=1, eval_every=0, checkpoint_every=2, peak_flops=1e11)
+  config.optimizer.warmup_steps = 2
+  config.evals.perplexity.update(max_documents=2, max_tokens=256, chunk_len=64, batch_size=2)
+  return config
+
+
+STAGED = {"passkey_1b", "booksum_8b"}  # configs with a stage=pretrain|finetune argument
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_loads_and_validates_runlocal(name):
+  for arg in ["runlocal"] + (["runlocal,stage=finetune"] if name in STAGED else []):
+    configlib.validate(load(name, arg), device_count=1)
+
+
+def test_pg19_variants_select_the_memory():
+  assert load("pg19", "memory=local,rule=delta").model.memory == "local"
+  assert load("pg19", "rule=delta").model.rule == "delta"
+  full = load("pg19")
+  assert (full.model.num_layers, full.model.num_heads, full.model.head_dim, full.model.mlp_dim,
+          full.seq_len, full.model.segment_len) == (12, 8, 128, 4096, 32768, 2048)
+  with pytest.raises(ValueError, match="unknown config argument 'memroy'"):
+    load("pg19", "memroy=xl")
+
+
+def test_inconsistent_settings_are_refused():
+  c = load("demo", "runlocal")
+  c.seq_len = 100
+  with pytest.raises(ValueError, match="seq_len=100 must be a positive multiple"):
+    configlib.validate(c)
+  c = load("demo", "runlocal")
+  with pytest.raises(ValueError, match="does not match the 1 devices"):
+    c.mesh.data = 2
+    configlib.validate(c, device_count=1)
+  c = load("demo", "runlocal")
+  c.model.memory = "lstm"
+  with pytest.raises(ValueError, match="unknown model.memory 'lstm'"):
+    configlib.validate(c)
+  c = load("demo", "runlocal")
+  c.optimizer.grad_accum = 3
+  with pytest.raises(ValueError, match="must divide into optimizer.grad_accum=3"):
+    configlib.validate(c)
+  with pytest.raises(ValueError, match="data.text_glob is empty"):
+    c = load("passkey_1b")
+    c.data.tokenizer = "byte"
+    configlib.validate(c)
+
+
+def test_bad_override_stops_before_any_work(tmp_path):
+  for flag, message in [("--config.train.stepz=3", "stepz"),
+                        ("--config.train.steps=many", "steps"),
+                        ("--config.seq_len=100", "must be a positive multiple")]:
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config=configs/demo.py:runlocal", f"--workdir={tmp_path}",
+         flag], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_gates_get_their_own_rate_and_no_weight_decay():
+  cfg = load("demo").optimizer
+  cfg.update(name="adamw", lr=1e-2, warmup_steps=0, weight_decay=0.5, gate_lr_mult=10.0)
+  tx, _ = optim.make(cfg, steps=10)
+  params = {"blocks": {0: {"attn": {"gate": jnp.ones(3), "wq": jnp.ones(3)}}}}
+  state = tx.init(params)
+  # Zero gradients: only weight decay moves anything, and it must not move the gate.
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, state, params)
+  assert float(jnp.abs(updates["blocks"][0]["attn"]["gate"]).max()) == 0.0
+  assert float(jnp.abs(updates["blocks"][0]["attn"]["wq"]).max()) > 0.0
+  # Equal gradients: Adam's first step is ±lr, so the gate moves gate_lr_mult times further.
+  cfg.weight_decay = 0.0
+  tx, _ = optim.make(cfg, steps=10)
+  grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["blocks"][0]["attn"]["gate"],
+                             10.0 * updates["blocks"][0]["attn"]["wq"], rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_a_few_steps_lower_the_loss_and_write_metrics(tmp_path, data_dir):
+  c = tiny(load("demo", "runlocal"), data_dir, steps=12)
+  c.optimizer.lr = 1e-2
+  c.train.eval_every = 12
+  out = trainer.train_and_evaluate(c, str(tmp_path))
+  rows = [r for r in metrics.read(str(tmp_path)) if "train/loss" in r]
+  assert [r["step"] for r in rows] == list(range(1, 13))
+  assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 0.5
+  assert np.isfinite(out["eval/perplexity/ppl"]) and out["eval/perplexity/ppl"] < 259
+  assert os.listdir(tmp_path / "tensorboard")
+  assert json.load(open(tmp_path / "config.json"))["seq_len"] == 128
+
+
+def run_train(workdir, data_dir, steps, wait_for=None, sig=None):
+  """Runs train.py on the tiny setting; optionally sends `sig` once `wait_for(workdir)` holds."""
+  cmd = [sys.executable, "train.py", "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
+         f"--config.data.data_dir={data_dir}", f"--config.train.steps={steps}",
+         "--config.train.checkpoint_every=2"] + [
+             "--config.model.d_model=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+             "--config.model.num_kv_heads=2", "--config.model.head_dim=16",
+             "--config.model.mlp_dim=64", "--config.model.segment_len=32"] + TINY_RUN
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  if sig is not None:
+    deadline = time.time() + 240
+    while not wait_for(workdir):
+      assert proc.poll() is None and time.time() < deadline, "training ended before the signal"
+      time.sleep(0.05)
+    proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=300)
+  return proc.returncode, out
+
+
+def losses(workdir):
+  """step -> every loss logged for it (a resumed run may log a step twice)."""
+  out = {}
+  for r in metrics.read(str(workdir)):
+    if "train/loss" in r:
+      out.setdefault(r["step"], []).append(r["train/loss"])
+  return out
+
+
+def test_sigkill_and_resume_gives_the_uninterrupted_losses(tmp_path, data_dir):
+  code, out = run_train(tmp_path / "a", data_dir, steps=8)
+  assert code == 0, out[-3000:]
+  reference = losses(tmp_path / "a")
+  has_ckpt = lambda w: os.path.isdir(os.path.join(w, "checkpoints", "4"))  # noqa: E731
+  code, out = run_train(tmp_path / "b", data_dir, steps=8, wait_for=has_ckpt, sig=signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  code, out = run_train(tmp_path / "b", data_dir, steps=8)
+  assert code == 0 and "resumed from the checkpoint of step" in out, out[-3000:]
+  resumed = losses(tmp_path / "b")
+  assert sorted(resumed) == sorted(reference) == list(range(1, 9))
+  for step, values in resumed.items():
+    for v in values:
+      assert v == reference[step][0], (step, v, reference[step])
+
+
+def test_sigterm_saves_a_usable_checkpoint(tmp_path, data_dir):
+  logged = lambda w: os.path.exists(os.path.join(w, "metrics.jsonl"))  # noqa: E731
+  code, out = run_train(tmp_path, data_dir, steps=10_000, wait_for=logged, sig=signal.SIGTERM)
+  assert code == 0, out[-3000:]
+  assert "SIGTERM: saved the checkpoint of step" in out
+  saved = max(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+  assert saved == max(losses(tmp_path))
+  code, out = run_train(tmp_path, data_dir, steps=saved + 1)
+  assert code == 0 and f"resumed from the checkpoint of step {saved}" in out, out[-3000:]
+  assert max(losses(tmp_path)) == saved + 1
