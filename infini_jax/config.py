@@ -11,6 +11,7 @@ import ml_collections
 
 from configs import models
 from infini_jax.evaluate import REGISTRY as EVALUATORS
+from infini_jax import sharding as sh
 from infini_jax.model import ModelConfig
 from infini_jax.optim import OPTIMIZERS
 
@@ -43,7 +44,9 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
   c.evals.perplexity = ml_collections.ConfigDict(dict(
       split="validation", max_documents=16, max_tokens=16384, chunk_len=2048, batch_size=4))
 
+  # Mesh axis sizes (-1: the remaining devices) and the logical-axis -> mesh-axis rules.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = sh.DEFAULT_RULES
   c.init_from = ""  # an orbax checkpoint to start the parameters from (continual pre-training)
   return c
 
@@ -106,13 +109,11 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
                        "(or set its 'kind')")
   if config.train.steps <= 0:
     raise ValueError(f"train.steps must be positive; got {config.train.steps}")
+  sh.check_rules(config.sharding_rules)
   if device_count is not None:
-    sizes = [config.mesh[a] for a in ("data", "fsdp", "tensor")]
-    fixed = 1
-    for s in sizes:
-      fixed *= s if s != -1 else 1
-    if sizes.count(-1) > 1 or device_count % fixed or (-1 not in sizes and fixed != device_count):
+    data, fsdp, _ = sh.mesh_shape(config.mesh, device_count)
+    if config.batch_size % (data * fsdp * accum):
       raise ValueError(
-          f"mesh data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]} does not match the "
-          f"{device_count} devices; their product must equal it (at most one axis may be -1)")
+          f"batch_size={config.batch_size} does not divide across the data axes of the mesh "
+          f"(data={data} x fsdp={fsdp}) times optimizer.grad_accum={accum}")
   return model

@@ -29,6 +29,13 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ACTIVATION = (sh.BATCH, sh.LENGTH, None)  # block boundaries: split over the batch only
+
+
+def constrain_state(layer_state):
+  """Memory states [B, K, ...] live where their batch rows and key/value heads do."""
+  return jax.tree.map(lambda a: sh.constrain(a, (sh.BATCH, sh.KV_HEADS) + (None,) * (a.ndim - 2)),
+                      layer_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +135,12 @@ class Block(nnx.Module):
     x = x + y
     return x + self.mlp(self.mlp_norm(x)), state
 
+  def extend(self, x, state, cache, pos):
+    """Decoding: `__call__` for the next tokens of the current segment (see InfiniAttention)."""
+    y, cache = self.attn.extend(self.attn_norm(x), state, cache, pos)
+    x = x + y
+    return x + self.mlp(self.mlp_norm(x)), cache
+
 
 class InfiniTransformer(nnx.Module):
   """Decoder-only LM whose attention layers carry a compressive memory across segments.
@@ -171,9 +184,10 @@ class InfiniTransformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
     new_state = []
     for block, layer_state in zip(self.blocks, state):
+      x = sh.constrain(x, ACTIVATION)
       x, layer_state = block(x, layer_state, mask)
-      new_state.append(layer_state)
-    return x, tuple(new_state)
+      new_state.append(constrain_state(layer_state))
+    return sh.constrain(x, ACTIVATION), tuple(new_state)
 
   def __call__(self, tokens: jax.Array, state: tuple | None = None,
                mask: jax.Array | None = None):
@@ -231,3 +245,29 @@ class InfiniTransformer(nnx.Module):
   def gates(self) -> jax.Array:
     """sigmoid(β) [layers, heads] for the gate analysis (the paper's Figure 3)."""
     return jnp.stack([block.attn.gate_value() for block in self.blocks])
+
+  # --- Decoding (infini_jax/generate.py): the segment scan, a few tokens at a time. ---
+  # A segment's tokens read `state` (the memories of the completed segments) and the segment's
+  # own earlier tokens through a key/value cache; once the segment is complete, `flush` writes it
+  # into the memories. Positions restart at 0 in every segment, as in the scan.
+
+  def init_cache(self, batch: int) -> tuple:
+    """Empty key/value caches, one per layer, each for one segment."""
+    return tuple(block.attn.init_cache(batch, self.cfg.segment_len) for block in self.blocks)
+
+  def extend(self, tokens: jax.Array, state: tuple, cache: tuple, pos: jax.Array):
+    """tokens [B, C] at positions pos..pos+C-1 of the current segment -> (hidden [B, C, D], cache).
+
+    Outputs at positions past the segment's end are meaningless (padding). `self.logits(hidden)`
+    gives the logits; what the scan would give for these tokens, when pos + C <= segment_len.
+    """
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, C, D]
+    new_cache = []
+    for block, layer_state, layer_cache in zip(self.blocks, state, cache):
+      x, layer_cache = block.extend(x, layer_state, layer_cache, pos)
+      new_cache.append(layer_cache)
+    return x, tuple(new_cache)
+
+  def flush(self, state: tuple, cache: tuple) -> tuple:
+    """The state after the complete segment held in `cache` (all segment_len slots written)."""
+    return tuple(block.attn.flush(s, c) for block, s, c in zip(self.blocks, state, cache))

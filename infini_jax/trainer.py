@@ -1,14 +1,13 @@
 """train_and_evaluate(config, workdir): the whole training run, top to bottom.
 
-Sections: setup, data, model and optimizer, restore, the step, the loop (log, evaluate,
-checkpoint). The train state is a plain pytree {step, params, opt_state} of arrays, parameters as
-nnx pure dicts, so it jits, donates and checkpoints without any module objects in the way.
+Sections: setup, mesh, data, model and optimizer (infini_jax/state.py), restore, the loop (log,
+evaluate, checkpoint). Multi-host: every process runs this same function; each reads only its
+share of the global batch, and orbax writes and reads checkpoints collectively.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import time
@@ -16,52 +15,18 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
+from jax.experimental import multihost_utils
 
 from infini_jax import config as configlib
-from infini_jax import evaluate, metrics, optim
+from infini_jax import evaluate, metrics
+from infini_jax import sharding as sh
+from infini_jax import state as statelib
 from infini_jax.checkpoint import Checkpointer
 from infini_jax.data import pipeline
-from infini_jax.model import InfiniTransformer
 
 
 class NonFiniteError(RuntimeError):
   """The loss or the gradient of a step was NaN or infinite."""
-
-
-def make_train_step(graphdef, tx, lr_schedule, grad_accum: int):
-  """train_step(state, batch) -> (state, metrics): one optimizer step over grad_accum micro-batches.
-
-  The loss is the mean over real (mask True) target tokens of the whole global batch, whatever the
-  split into micro-batches.
-  """
-
-  def micro_loss(params, micro):
-    model = nnx.merge(graphdef, params)
-    nll, _ = model.nll(micro["inputs"], micro["targets"], mask=micro["mask"])
-    return nll.sum(), micro["mask"].sum()
-
-  def train_step(state, batch):
-    params = state["params"]
-    micro = jax.tree.map(lambda x: x.reshape(grad_accum, -1, *x.shape[1:]), batch)
-
-    def accumulate(carry, micro_batch):
-      grads, loss, count = carry
-      (l, n), g = jax.value_and_grad(micro_loss, has_aux=True)(params, micro_batch)
-      return (jax.tree.map(jnp.add, grads, g), loss + l, count + n), None
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, loss, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), micro)
-    count = jnp.maximum(count, 1).astype(jnp.float32)
-    grads = jax.tree.map(lambda g: g / count, grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),
-                     opt_state=opt_state)
-    return new_state, dict(loss=loss / count, grad_norm=optax.tree.norm(grads),
-                           lr=lr_schedule(state["step"]))
-
-  return train_step
 
 
 class _Preempted:
@@ -89,65 +54,58 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   evaluators = evaluate.from_config(config)
   writer = metrics.MetricWriter(workdir, enabled=jax.process_index() == 0)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
-  total = config.train.steps
 
-  # --- Data: this process's share of each global batch. ---
-  pipeline.prepare_from_config(config.data, config.seq_len)
-  train_iter = pipeline.make_train_iterator(
-      config.data, config.seq_len, model_cfg.segment_len, config.batch_size, config.seed,
-      jax.process_index(), jax.process_count())
+  # --- Mesh, model and optimizer: shapes and shardings first, then allocation. ---
+  mesh = sh.make_mesh(config.mesh)
+  setup = statelib.build(config, model_cfg, mesh)  # outside the mesh: shardings are explicit
+  with jax.set_mesh(mesh), sh.use_rules(setup.rules):
 
-  # --- Model and optimizer: shapes first, then allocation. ---
-  abstract_model = nnx.eval_shape(lambda: InfiniTransformer(model_cfg, rngs=nnx.Rngs(0)))
-  graphdef, _ = nnx.split(abstract_model)
-  tx, lr_schedule = optim.make(config.optimizer, total)
+    # --- Data: this process's share of each global batch. ---
+    if jax.process_index() == 0:
+      pipeline.prepare_from_config(config.data, config.seq_len)
+    multihost_utils.sync_global_devices("data prepared")
+    train_iter = pipeline.make_train_iterator(
+        config.data, config.seq_len, model_cfg.segment_len, config.batch_size, config.seed,
+        jax.process_index(), jax.process_count())
 
-  @jax.jit
-  def init_state(key):
-    model = InfiniTransformer(model_cfg, rngs=nnx.Rngs(params=key))
-    params = nnx.to_pure_dict(nnx.state(model))
-    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    # --- Restore, or start fresh. ---
+    start = ckpt.latest_step()
+    if start is not None:
+      state, data_state = ckpt.restore(setup.abstract_state)
+      train_iter.set_state(data_state)
+      print(f"resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
+    else:
+      state, start = setup.init(jax.random.key(config.seed)), 0
+    return _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, writer)
 
-  abstract_state = jax.eval_shape(init_state, jax.random.key(config.seed))
-  num_params = sum(x.size for x in jax.tree.leaves(abstract_state["params"]))
 
-  # --- Restore, or start fresh. ---
-  start = ckpt.latest_step()
-  if start is not None:
-    state, data_state = ckpt.restore(abstract_state)
-    train_iter.set_state(data_state)
-    logging.info("resumed from step %d in %s", start, ckpt.directory)
-    print(f"resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
-  else:
-    state, start = init_state(jax.random.key(config.seed)), 0
-
-  # --- The step. ---
-  train_step = jax.jit(make_train_step(graphdef, tx, lr_schedule, config.optimizer.grad_accum),
-                       donate_argnums=0)
+def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, writer):
+  model_cfg, total = setup.model_cfg, config.train.steps
   tokens_per_step = config.batch_size * config.seq_len
-  peak = config.train.peak_flops or _measured_peak()
+  # MFU's denominator: the whole job's peak (each host measures its own and they add up).
+  peak = config.train.peak_flops or _measured_peak() * jax.process_count()
   progress = metrics.Progress(total, start, tokens_per_step, 3 * model_cfg.flops_per_token(), peak)
-  print(f"model {config.model_name}: {num_params / 1e6:.2f}M parameters, memory={model_cfg.memory}"
-        f" rule={model_cfg.rule}, segment {model_cfg.segment_len}, training length "
-        f"{config.seq_len}, batch {config.batch_size}; steps {start}..{total}", flush=True)
-
-  def eval_model():
-    return nnx.merge(graphdef, state["params"])
+  print(f"model {config.model_name}: {setup.num_params / 1e6:.2f}M parameters, "
+        f"memory={model_cfg.memory} rule={model_cfg.rule}, segment {model_cfg.segment_len}, training length "
+        f"{config.seq_len}, batch {config.batch_size}, mesh {dict(setup.mesh.shape)}; steps "
+        f"{start}..{total}", flush=True)
 
   def run_evals(step):
-    results = evaluate.run_all(evaluators, eval_model())
+    results = evaluate.run_all(evaluators, setup.model(state["params"]))
     writer.write(step, {f"eval/{k}": v for k, v in results.items()})
     summary = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if "/gate/" not in k)
     print(f"eval at step {step}: {summary}", flush=True)
     return results
 
   # --- The loop. ---
+  step, last, first = start, {}, {}
+  if start == 0 and config.train.eval_every:
+    first = run_evals(0)  # the untrained model's figures, for the summary to compare against
   preempted = _Preempted()
-  step, last = start, {}
   try:
     while step < total:
-      batch = next(train_iter)
-      state, step_metrics = train_step(state, batch)
+      batch = setup.global_batch(next(train_iter))
+      state, step_metrics = setup.train_step(state, batch)
       step += 1
       loss, grad_norm = float(step_metrics["loss"]), float(step_metrics["grad_norm"])
       if not (np.isfinite(loss) and np.isfinite(grad_norm)):
@@ -181,6 +139,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer.close()
   with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
     json.dump(dict(step=step, **last), f, indent=2)
+  if "eval/perplexity/ppl" in last:
+    before = f" (step 0: {first['perplexity/ppl']:.2f})" if "perplexity/ppl" in first else ""
+    print(f"done: step {step}, held-out perplexity {last['eval/perplexity/ppl']:.3f}{before}; "
+          f"checkpoints in {ckpt.directory}, metrics in {writer.path} and "
+          f"{os.path.join(workdir, 'tensorboard')}", flush=True)
   return dict(step=step, **last)
 
 
