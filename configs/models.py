@@ -10,7 +10,9 @@ import ml_collections
 
 from infini_jax.model import ModelConfig
 
-BYTE_VOCAB = 259  # 256 bytes + PAD, BOS, EOS (infini_jax.data.tokenizer.ByteTokenizer)
+# 256 bytes + PAD, BOS, EOS (infini_jax.data.tokenizer.ByteTokenizer) = 259, padded to a multiple
+# of 8 so the vocabulary splits over up to 8 tensor-parallel devices; the extra ids never occur.
+BYTE_VOCAB = 264
 LLAMA3_VOCAB = 128_256
 
 PRESETS: dict[str, ModelConfig] = {

@@ -12,6 +12,7 @@ import ml_collections
 from configs import models
 from infini_jax.evaluate import REGISTRY as EVALUATORS
 from infini_jax import sharding as sh
+from infini_jax.data.tokenizer import get_tokenizer
 from infini_jax.model import ModelConfig
 from infini_jax.optim import OPTIMIZERS
 
@@ -89,6 +90,10 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
   if not config.data.tokenizer:
     raise ValueError("data.tokenizer is empty: set --config.data.tokenizer=byte or the path of a "
                      "SentencePiece .model (python -m infini_jax.data.tokenizer train ...)")
+  vocab = get_tokenizer(config.data.tokenizer).vocab_size
+  if vocab > model.vocab_size:
+    raise ValueError(f"the tokenizer has {vocab} ids but model.vocab_size is {model.vocab_size}; "
+                     f"set --config.model.vocab_size={vocab} or more")
   if config.data.name == "text_files" and not config.data.text_glob:
     raise ValueError("data.text_glob is empty: point it at your corpus, e.g. "
                      "--config.data.text_glob='/data/books/*.txt'")

@@ -73,7 +73,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if start is not None:
       state, data_state = ckpt.restore(setup.abstract_state)
       train_iter.set_state(data_state)
-      print(f"resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
+      _print(f"resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
     else:
       state, start = setup.init(jax.random.key(config.seed)), 0
     return _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, writer)
@@ -81,6 +81,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
 def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, writer):
   model_cfg, total = setup.model_cfg, config.train.steps
+  print = _print  # noqa: A001 (one progress log per job, from process 0)
   tokens_per_step = config.batch_size * config.seq_len
   # MFU's denominator: the whole job's peak (each host measures its own and they add up).
   peak = config.train.peak_flops or _measured_peak() * jax.process_count()
@@ -129,6 +130,8 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
         last.update({f"eval/{k}": v for k, v in run_evals(step).items()})
       if saving or config.train.eval_every and step % config.train.eval_every == 0:
         progress.reset_clock(step)
+      if step == start + 1:
+        progress.reset_clock(step)  # the first step's time is mostly compilation
       if preempted.requested:
         print(f"SIGTERM: saved the checkpoint of step {step} in {ckpt.directory}; exiting",
               flush=True)
@@ -145,6 +148,11 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
           f"checkpoints in {ckpt.directory}, metrics in {writer.path} and "
           f"{os.path.join(workdir, 'tensorboard')}", flush=True)
   return dict(step=step, **last)
+
+
+def _print(*args, **kwargs) -> None:
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
 
 
 def _measured_peak() -> float:
