@@ -1,0 +1,95 @@
+"""Causal softmax attention inside one segment, in query blocks that skip the masked upper triangle.
+
+Axis legend as in attention.py: B batch, T queries, S keys, K key/value heads, G query heads per
+key/value head, H key dim, V value dim.
+
+Why blocks: on a CPU the [K, T, S] float32 logits and probabilities do not fit in cache, and every
+elementwise pass over them (mask, exp, normalise, and their gradients) costs as much as a matmul.
+Query block [lo, hi) can only see keys [0, hi), so it computes logits for that prefix only: about
+half the exp and matmul work of the full T x T square, and intermediates a few MiB in size. Each
+block sees its whole key prefix at once, so its softmax is exact (no online rescaling).
+
+Why a custom VJP: autodiff of the blocked forward computes the softmax gradient's row term with a
+reduction over each [bq, S] block; the rule below uses Δ = rowsum(dO ∘ O), one pass over [T, V]
+(measured 1.1-1.2x on the layer's forward+backward). It keeps the forward's probabilities: a
+variant that recomputed them keys-major to avoid XLA's transposes of [K, bq, S] was slower.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+# A finite floor instead of -inf: a fully padded row gives a finite (ignored) output, not NaN.
+# Added to a logit it stays finite (the logit is far below its rounding step) and exp() gives 0.
+_NEG = float(jnp.finfo(jnp.float32).min)
+BLOCK = 256  # queries per block: measured 128-256 best on CPU for segments of 1024
+
+
+def _bias(key_ok: jax.Array | None, lo: int, hi: int) -> jax.Array:
+  """Additive mask [B or 1, 1, 1, hi - lo, hi] for queries [lo, hi) over keys [0, hi)."""
+  row = jax.lax.broadcasted_iota(jnp.int32, (hi - lo, hi), 0) + lo
+  col = jax.lax.broadcasted_iota(jnp.int32, (hi - lo, hi), 1)
+  visible = (col <= row)[None]  # [1, T, S]
+  if key_ok is not None:
+    visible = visible & key_ok[:, None, :hi]  # [B, T, S]
+  return jnp.where(visible, 0.0, _NEG)[:, None, None]
+
+
+def _spans(T: int, block: int) -> list[tuple[int, int]]:
+  return [(lo, min(lo + block, T)) for lo in range(0, T, block)]
+
+
+def _forward(q, k, v, key_ok, block):
+  """Outputs [B, K, G, T, V] and the probabilities of each block [B, K, G, bq, hi]."""
+  outs, probs = [], []
+  for lo, hi in _spans(q.shape[3], block):
+    logits = jnp.einsum("BKGTH,BKSH->BKGTS", q[:, :, :, lo:hi], k[:, :, :hi])
+    p = jax.nn.softmax(logits + _bias(key_ok, lo, hi), axis=-1)  # [B, K, G, bq, hi]
+    probs.append(p)
+    outs.append(jnp.einsum("BKGTS,BKSV->BKGTV", p, v[:, :, :hi]))
+  return jnp.concatenate(outs, axis=3), probs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attend(q, k, v, key_ok, block):
+  return _forward(q, k, v, key_ok, block)[0]
+
+
+def _attend_fwd(q, k, v, key_ok, block):
+  out, probs = _forward(q, k, v, key_ok, block)
+  return out, (q, k, v, key_ok, out, probs)
+
+
+def _attend_bwd(block, res, d_out):
+  q, k, v, key_ok, out, probs = res
+  # Softmax backward: dL = P ∘ (dP - Δ) with Δ = rowsum(P ∘ dP) = rowsum(dO ∘ O).
+  delta = jnp.einsum("BKGTV,BKGTV->BKGT", d_out, out)[..., None]  # [B, K, G, T, 1]
+  dq, dk, dv = [], jnp.zeros_like(k), jnp.zeros_like(v)
+  for (lo, hi), p in zip(_spans(q.shape[3], block), probs):
+    do = d_out[:, :, :, lo:hi]  # [B, K, G, bq, V]
+    dp = jnp.einsum("BKGTV,BKSV->BKGTS", do, v[:, :, :hi])
+    dl = p * (dp - delta[:, :, :, lo:hi])  # [B, K, G, bq, hi]
+    dq.append(jnp.einsum("BKGTS,BKSH->BKGTH", dl, k[:, :, :hi]))
+    dk = dk.at[:, :, :hi].add(jnp.einsum("BKGTS,BKGTH->BKSH", dl, q[:, :, :, lo:hi]))
+    dv = dv.at[:, :, :hi].add(jnp.einsum("BKGTS,BKGTV->BKSV", p, do))
+  d_key_ok = None if key_ok is None else jnp.zeros(key_ok.shape, jax.dtypes.float0)
+  return jnp.concatenate(dq, axis=3), dk, dv, d_key_ok
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                             block: int = BLOCK) -> jax.Array:
+  """q [B, T, N, H], k [B, S, K, H], v [B, S, K, V], mask [B, S] -> [B, T, N, V] float32."""
+  B, T, N, H = q.shape
+  K, V = k.shape[2], v.shape[3]
+  # Heads first, so that every block's matmuls are plain batched [T, H] x [H, S] products.
+  qh = jnp.einsum("BTKGH->BKGTH", q.reshape(B, T, K, N // K, H).astype(jnp.float32)) * H ** -0.5
+  kh = jnp.einsum("BSKH->BKSH", k.astype(jnp.float32))
+  vh = jnp.einsum("BSKV->BKSV", v.astype(jnp.float32))
+  out = _attend(qh, kh, vh, mask, block)  # [B, K, G, T, V]
+  return jnp.einsum("BKGTV->BTKGV", out).reshape(B, T, N, V)
