@@ -15,6 +15,7 @@ data.text_glob at it.
 """
 
 from infini_jax import config as configlib
+from infini_jax import evaluate
 
 
 def get_config(arg=None):
@@ -31,7 +32,7 @@ def get_config(arg=None):
   steps = 20_000 if arg.stage == "pretrain" else 2_000
   c.train.update(steps=steps, log_every=50, eval_every=steps // 10, checkpoint_every=500)
   c.evals.perplexity.update(max_documents=8, max_tokens=0, chunk_len=4 * T)
-  c.evals.gates = dict()
+  c.evals.gates = evaluate.settings("gates")
   if arg.runlocal:
     c.seq_len = 4 * T
     c.batch_size = 4

@@ -11,10 +11,14 @@ inputs, and tests at 32K ... 1M tokens with the key at the start, middle and end
   # 2. passkey fine-tuning, starting from stage 1's last checkpoint
   python train.py --config=configs/passkey_1b.py:stage=finetune --workdir=runs/pk1b_ft \
       --config.init_from=runs/pk1b_pre/checkpoints --config.data.tokenizer=/data/tok.model
+  # 3. passkey retrieval at 32K ... 1M tokens (the paper's Table 3)
+  python eval.py --config=configs/passkey_1b.py:stage=finetune --workdir=runs/pk1b_ft \
+      --config.data.tokenizer=/data/tok.model
 `runlocal` shrinks both stages to the tiny model, byte tokens and embedded data.
 """
 
 from infini_jax import config as configlib
+from infini_jax import evaluate
 
 
 def get_config(arg=None):
@@ -36,11 +40,14 @@ def get_config(arg=None):
     c.train.update(steps=400, log_every=10, eval_every=400, checkpoint_every=100)
   c.batch_size = 64
   c.evals.perplexity.update(max_documents=8, max_tokens=32768, chunk_len=4 * T)
-  c.evals.gates = dict()
+  c.evals.gates = evaluate.settings("gates")
+  # The paper's sweep (32K ... 1M tokens x start/middle/end), run by eval.py only.
+  c.evals.passkey = evaluate.settings("passkey", samples=8, batch_size=8, chunk_segments=4)
   if arg.runlocal:
     c.batch_size = 4
     c.data.update(tokenizer="byte", name="python_code" if arg.stage == "pretrain" else "passkey",
                   passkey_length=3 * T - 8, passkey_examples=256)
     c.train.update(steps=20, log_every=5, eval_every=20, checkpoint_every=10)
     c.evals.perplexity.update(max_documents=2, max_tokens=1024, chunk_len=4 * T)
+    c.evals.passkey.update(samples=2, batch_size=2, chunk_segments=32)  # still to 1M tokens
   return c

@@ -17,6 +17,7 @@ and a 32K SentencePiece vocabulary trained on it:
 """
 
 from infini_jax import config as configlib
+from infini_jax import evaluate
 
 
 def get_config(arg=None):
@@ -41,5 +42,5 @@ def get_config(arg=None):
                  keep_checkpoints=3)
   c.evals.perplexity.update(split="validation", max_documents=50, max_tokens=0, chunk_len=32768,
                             batch_size=8)
-  c.evals.gates = dict()
+  c.evals.gates = evaluate.settings("gates")
   return c

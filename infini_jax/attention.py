@@ -16,12 +16,15 @@ Per segment (paper section 2):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax import memory as memlib
 from infini_jax import sharding as sh
+from infini_jax.local_attention import blocked_causal_attention
 
 MEMORIES = ("infini", "local")
 
@@ -51,22 +54,11 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
   """Causal softmax attention inside one segment, with grouped-query heads.
 
   q [B, T, N, H], k [B, S, K, H], v [B, S, K, V], mask [B, S] (False on padded keys)
-  -> [B, T, N, V] in float32. Logits and softmax run in float32.
+  -> [B, T, N, V] in float32. Logits and softmax run in float32. A query whose visible keys are
+  all padded gets a finite output (a mean of values), which the caller ignores.
   """
-  B, T, N, H = q.shape
-  K = k.shape[2]
-  q = q.reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
-  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-  logits = logits * (H ** -0.5)
-  visible = jnp.tril(jnp.ones((T, T), bool))[None, None, None]  # [1, 1, 1, T, S]
-  if mask is not None:
-    visible = visible & mask[:, None, None, None, :]
-  # A finite floor instead of -inf: a fully padded row gives a finite (ignored) output, not NaN.
-  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)  # [B, K, G, T, S]
-  out = jnp.einsum("BKGTS,BSKV->BTKGV", probs.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
-  return out.reshape(B, T, N, v.shape[-1])
+  # Query blocks over their key prefix only, with a hand-written gradient: local_attention.py.
+  return blocked_causal_attention(q, k, v, None if mask is None else mask.astype(bool))
 
 
 class InfiniAttention(nnx.Module):
@@ -124,3 +116,93 @@ class InfiniAttention(nnx.Module):
       out = g * a_mem + (1.0 - g) * out  # [B, T, N, V] float32
     y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
     return y, state
+
+  # --- Decoding: one segment's tokens a few at a time, through a key/value cache. ---
+
+  def init_cache(self, batch: int, segment_len: int) -> KVCache:
+    """An empty cache for one segment of `segment_len` tokens."""
+    K, H = self.num_kv_heads, self.head_dim
+    return KVCache(k=jnp.zeros((batch, segment_len, K, H), self.dtype),
+                   v=jnp.zeros((batch, segment_len, K, H), self.dtype))
+
+  def extend(self, x: jax.Array, state, cache: KVCache, pos: jax.Array):
+    """x [B, C, D], the next C tokens of the current segment at its positions pos..pos+C-1.
+
+    Computes what `__call__` computes for these tokens when it runs the whole segment: local
+    attention over the segment's earlier tokens (the cache) and themselves, and a read of the
+    memory `state` of the completed segments, which is not updated here (see `flush`). Slots at
+    or past the segment's end are dropped, so a caller may pad x. -> (y [B, C, D], cache).
+    """
+    x = x.astype(self.dtype)
+    q = jnp.einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
+    k = jnp.einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
+    v = jnp.einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
+    cache = KVCache(k=write_cache(cache.k, k, pos), v=write_cache(cache.v, v, pos))
+    q_pos = pos + jnp.arange(x.shape[1])  # [C] positions inside the segment
+    # The cache keeps k without RoPE (the memory write needs them so); RoPE of the whole cache
+    # is `rope` at positions 0..T-1, exactly the keys the segment scan attends to.
+    out = cached_attention(rope_at(q, q_pos, self.rope_theta), rope(cache.k, self.rope_theta),
+                           cache.v, q_pos)
+    if self.memory == "infini":
+      a_mem = memlib.retrieve(state, q)  # [B, C, N, V] float32
+      g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
+      out = g * a_mem + (1.0 - g) * out
+    y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
+    return y, cache
+
+  def flush(self, state, cache: KVCache):
+    """The memory after the complete segment held in `cache` (every slot written): M_s, z_s."""
+    if self.memory == "local":
+      return state
+    return memlib.update(state, cache.k, cache.v, self.rule)
+
+
+class KVCache(NamedTuple):
+  """Keys k [B, T, K, H] (without RoPE) and values v [B, T, K, V] of the current segment."""
+
+  k: jax.Array
+  v: jax.Array
+
+
+def write_cache(buf: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
+  """buf [B, T, ...] with new [B, C, ...] written at slots pos..pos+C-1; slots >= T dropped.
+
+  A roll and a select rather than `dynamic_update_slice`, which would shift the write back when
+  pos + C > T (a padded chunk) and overwrite earlier tokens.
+  """
+  T, C = buf.shape[1], new.shape[1]
+  new = jnp.pad(new, [(0, 0), (0, T - C)] + [(0, 0)] * (new.ndim - 2))  # [B, T, ...]
+  new = jnp.roll(new, pos, axis=1)
+  slot = jnp.arange(T)
+  written = (slot >= pos) & (slot < pos + C)  # [T]
+  return jnp.where(written.reshape((1, T) + (1,) * (buf.ndim - 2)), new, buf)
+
+
+def rope_at(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """`rope` of x [B, C, N, H] at the given positions [C] of the segment instead of 0..C-1."""
+  H = x.shape[-1]
+  freq = theta ** (-jnp.arange(0, H // 2, dtype=jnp.float32) * 2.0 / H)  # [H/2]
+  angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # [C, H/2]
+  sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_pos: jax.Array) -> jax.Array:
+  """`local_attention` for queries at positions q_pos [C] of the segment, over its cache.
+
+  q [B, C, N, H], k [B, S, K, H], v [B, S, K, V] (S = segment length) -> [B, C, N, V] float32.
+  Key slot s is visible to the query at position p iff s <= p: causal, and slots not written
+  yet in this segment (stale or padding) are never read.
+  """
+  B, C, N, H = q.shape
+  S, K = k.shape[1], k.shape[2]
+  q = q.reshape(B, C, K, N // K, H)  # [B, T, K, G, H] with T = C queries
+  logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
+  logits = logits * (H ** -0.5)
+  visible = (jnp.arange(S)[None, :] <= q_pos[:, None])[None, None, None]  # [1, 1, 1, T, S]
+  logits = jnp.where(visible, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1)  # [B, K, G, T, S]
+  out = jnp.einsum("BKGTS,BSKV->BTKGV", probs.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
+  return out.reshape(B, C, N, v.shape[-1])

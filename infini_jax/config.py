@@ -10,6 +10,7 @@ from __future__ import annotations
 import ml_collections
 
 from configs import models
+from infini_jax import evaluate
 from infini_jax.evaluate import REGISTRY as EVALUATORS
 from infini_jax import sharding as sh
 from infini_jax.data.tokenizer import get_tokenizer
@@ -42,8 +43,9 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
 
   # Evaluators run periodically and by eval.py: name -> settings (see infini_jax/evaluate.py).
   c.evals = ml_collections.ConfigDict()
-  c.evals.perplexity = ml_collections.ConfigDict(dict(
-      split="validation", max_documents=16, max_tokens=16384, chunk_len=2048, batch_size=4))
+  c.evals.perplexity = evaluate.settings(
+      "perplexity", split="validation", max_documents=16, max_tokens=16384, chunk_len=2048,
+      batch_size=4)
 
   # Mesh axis sizes (-1: the remaining devices) and the logical-axis -> mesh-axis rules.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

@@ -1,0 +1,129 @@
+"""Streaming to a million tokens: memory and time per token must not grow with the context.
+
+1. Streaming evaluation: the perplexity evaluator (infini_jax.evaluate.Perplexity, chunks of 2048
+   tokens carrying the state) over one document of 32K and of 1M tokens. Memory is the peak
+   resident set (ru_maxrss) of a fresh process per length, so one run's peak cannot hide in the
+   other's; it includes the host copy of the document (5 bytes a token). Target: 1M / 32K <= 1.1.
+   XLA's planned device memory of the chunk step is reported too; its shapes do not depend on
+   the length at all.
+2. Generation: seconds per generated token (greedy, batch 1) after a context of 1K and of 1M
+   tokens fed through infini_jax.generate.Decoder, timed over 4 whole segments so that the
+   memory writes at segment ends are counted at both positions. Target: 1M / 1K <= 1.2.
+
+Model: the `tiny` preset (configs/models.py) with random weights: neither memory nor time
+depends on the weights' values.
+
+  python -m bench.stream            # writes bench/out/stream.json
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from bench import common
+from infini_jax import config as configlib
+from infini_jax import evaluate, generate
+from infini_jax.model import InfiniTransformer
+
+SHORT_EVAL, LONG_EVAL = 32 * 1024, 1024 * 1024
+SHORT_CONTEXT, LONG_CONTEXT = 1024, 1024 * 1024
+CHUNK = 2048
+
+
+def tiny_model() -> tuple[InfiniTransformer, object]:
+  config = configlib.defaults("tiny")
+  return InfiniTransformer(configlib.model_config(config), rngs=nnx.Rngs(0)), config
+
+
+def peak_rss_bytes() -> int:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def child_eval(length: int) -> dict:
+  """The perplexity evaluator over one synthetic document of `length` tokens."""
+  model, config = tiny_model()
+  ev = evaluate.Perplexity(config, max_documents=1, chunk_len=CHUNK, batch_size=1)
+  rng = np.random.default_rng(0)
+  ev.documents = lambda: [rng.integers(0, 256, length + 1).astype(np.int32)]
+  start = time.perf_counter()
+  metrics = dict(ev.run(model))
+  seconds = time.perf_counter() - start
+  # The evaluator's chunk step, compiled alone for XLA's memory plan.
+  graphdef, params = nnx.split(model)
+  step = jax.jit(lambda p, s, x, y, m: nnx.merge(graphdef, p).nll(x, y, s, m))
+  x = np.zeros((1, CHUNK), np.int32)
+  planned = common.compiled_bytes(step, params, model.init_state(1), x, x, x > -1)
+  return dict(tokens=int(metrics["tokens"]), seconds=seconds, tokens_per_s=length / seconds,
+              peak_rss_bytes=peak_rss_bytes(), xla_chunk_step_bytes=planned)
+
+
+def child_generate(context: int) -> dict:
+  """Seconds per greedy token at context position `context`, batch 1."""
+  model, _ = tiny_model()
+  decoder = generate.Decoder(model, chunk_segments=CHUNK // model.cfg.segment_len)
+  rng = np.random.default_rng(0)
+  start = time.perf_counter()
+  logits, stream = decoder.feed(decoder.start(1), rng.integers(0, 256, (1, context)))
+  feed_seconds = time.perf_counter() - start
+  key, n = jax.random.key(0), 4 * model.cfg.segment_len
+
+  def decode(logits, stream, steps):
+    for _ in range(steps):
+      token = generate.sample(logits, key)
+      logits, stream = decoder.step(stream, token)
+    jax.block_until_ready(logits)
+    return logits, stream
+
+  logits, stream = decode(logits, stream, n)  # Compiles, and crosses segment ends once each way.
+  best = float("inf")
+  for _ in range(3):
+    start = time.perf_counter()
+    logits, stream = decode(logits, stream, n)
+    best = min(best, (time.perf_counter() - start) / n)
+  return dict(context=context, feed_seconds=feed_seconds, seconds_per_token=best,
+              peak_rss_bytes=peak_rss_bytes())
+
+
+def run_child(kind: str, n: int) -> dict:
+  proc = subprocess.run([sys.executable, "-m", "bench.stream", kind, str(n)], capture_output=True,
+                        text=True, check=False)
+  if proc.returncode:
+    raise RuntimeError(f"bench.stream {kind} {n} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+  short, long = run_child("eval", SHORT_EVAL), run_child("eval", LONG_EVAL)
+  near, far = run_child("generate", SHORT_CONTEXT), run_child("generate", LONG_CONTEXT)
+  memory_ratio = long["peak_rss_bytes"] / short["peak_rss_bytes"]
+  time_ratio = far["seconds_per_token"] / near["seconds_per_token"]
+  result = dict(
+      model="tiny preset (d_model 64, 2 layers, segment 64), random weights, batch 1",
+      eval_chunk_tokens=CHUNK, eval_32k=short, eval_1m=long, generate_1k=near, generate_1m=far,
+      eval_peak_rss_ratio_1m_over_32k=memory_ratio, eval_peak_rss_target=1.1,
+      time_per_token_ratio_1m_over_1k=time_ratio, time_per_token_target=1.2)
+  mib = 2**20
+  print(f"streaming eval peak RSS: 32K {short['peak_rss_bytes'] / mib:.0f} MiB, "
+        f"1M {long['peak_rss_bytes'] / mib:.0f} MiB -> ratio {memory_ratio:.3f} (target <= 1.1); "
+        f"XLA chunk step {long['xla_chunk_step_bytes'] / mib:.1f} MiB at both lengths; "
+        f"1M tokens in {long['seconds']:.1f} s")
+  print(f"time per generated token: at 1K {near['seconds_per_token'] * 1e3:.3f} ms, at 1M "
+        f"{far['seconds_per_token'] * 1e3:.3f} ms -> ratio {time_ratio:.3f} (target <= 1.2); "
+        f"1M-token context fed in {far['feed_seconds']:.1f} s")
+  print("wrote", common.write("stream", result))
+
+
+if __name__ == "__main__":
+  if len(sys.argv) == 3:  # A child: one measurement in a fresh process, JSON on stdout.
+    print(json.dumps({"eval": child_eval, "generate": child_generate}[sys.argv[1]](
+        int(sys.argv[2]))))
+  else:
+    main()

@@ -1,0 +1,50 @@
+"""The paper's memories behind the segment-memory interface: Infini-attention and local-only.
+
+Infini: local causal attention inside the segment, gated with a read of the compressive memory
+of all earlier segments, which is then updated with the segment (infini_jax/memory.py).
+Local: attention inside the segment only, no state (also `full`, whose one segment is the whole
+training length).
+"""
+
+from __future__ import annotations
+
+from infini_jax import memory as memlib
+
+
+class Infini:
+  gated = True
+
+  def __init__(self, cfg):
+    self.K, self.H, self.rule = cfg.num_kv_heads, cfg.head_dim, cfg.rule
+
+  def init_state(self, batch: int) -> memlib.CompressiveMemory:
+    return memlib.init_memory(batch, self.K, self.H, self.H)
+
+  def footprint(self) -> int:
+    return memlib.state_size(self.K, self.H, self.H)
+
+  def __call__(self, layer, x, q, k, v, state, mask):
+    del x
+    local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
+    a_mem = memlib.retrieve(state, q)  # no position encoding on the memory path
+    state = memlib.update(state, k, v, self.rule, mask)  # after the read: no token reads itself
+    g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
+    return g * a_mem + (1.0 - g) * local, state
+
+
+class Local:
+  gated = False
+
+  def __init__(self, cfg):
+    del cfg
+
+  def init_state(self, batch: int) -> None:
+    del batch
+    return None
+
+  def footprint(self) -> int:
+    return 0
+
+  def __call__(self, layer, x, q, k, v, state, mask):
+    del x
+    return layer.local(q, k, v, mask), state

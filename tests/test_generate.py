@@ -1,0 +1,121 @@
+"""Streaming generation: token by token equals one forward pass; batches; sampling."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from infini_jax import generate as gen
+from infini_jax.model import InfiniTransformer
+from tests.conftest import TINY
+
+T = TINY.segment_len
+L = 5 * T + 6  # one sequence length for every reference pass: fewer compilations
+
+
+def tokens(seed, length, batch=2):
+  return np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size))
+
+
+def mixed_gates(model):
+  """Gates from mostly local to mostly memory, so both paths show in the logits."""
+  for block in model.blocks:
+    if block.attn.memory == "infini":
+      block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  return model
+
+
+forward = nnx.jit(lambda model, x: model(x))  # the reference: one pass over the whole sequence
+
+
+@pytest.fixture(scope="module")
+def delta_model():
+  return mixed_gates(InfiniTransformer(dataclasses.replace(TINY, rule="delta"), rngs=nnx.Rngs(0)))
+
+
+@pytest.fixture(scope="module")
+def decoder(delta_model):
+  return gen.Decoder(delta_model, chunk_segments=2)
+
+
+@pytest.mark.parametrize("memory", ["infini", "local"])
+def test_token_by_token_equals_one_forward_pass(delta_model, decoder, make_model, memory):
+  if memory == "local":
+    decoder = gen.Decoder(make_model(memory="local"))
+  x = tokens(0, L)  # five segment boundaries, ends inside a segment
+  want, _ = forward(decoder.model, x)  # [B, L, W]
+  logits, stream = decoder.feed(decoder.start(2), x[:, :1])
+  got = [logits]
+  for t in range(1, x.shape[1]):
+    logits, stream = decoder.step(stream, x[:, t])
+    got.append(logits)
+  np.testing.assert_allclose(np.stack(got, 1), want, rtol=1e-5, atol=1e-5)
+
+
+def test_feeding_in_any_pieces_equals_one_forward_pass(delta_model, decoder):
+  """Pieces end inside segments and on their boundaries; chunks of 2 segments, some padded."""
+  x = tokens(1, L)
+  want, _ = forward(delta_model, x)
+  _, scan_state = forward(delta_model, x[:, :5 * T])
+  for cuts in [(5 * T + 3,), (3, 2 * T + 1), (T, 2 * T), (T - 1, 4 * T + 2)]:
+    stream, start = decoder.start(2), 0
+    for stop in cuts:
+      logits, stream = decoder.feed(stream, x[:, start:stop])
+      np.testing.assert_allclose(logits, want[:, stop - 1], rtol=1e-5, atol=1e-5)
+      start = stop
+    for t in range(start, x.shape[1]):
+      logits, stream = decoder.step(stream, x[:, t])
+      np.testing.assert_allclose(logits, want[:, t], rtol=1e-5, atol=1e-5)
+    # The memory holds exactly the complete segments, as the scan's state does.
+    assert stream.pos == 6
+    for a, b in zip(jax.tree.leaves(stream.memory), jax.tree.leaves(scan_state)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_decoding_state_does_not_grow_with_the_context(decoder):
+  sizes = set()
+  for length in (1, 7 * T + 3):
+    _, stream = decoder.feed(decoder.start(2), tokens(2, length))
+    sizes.add(sum(leaf.size for leaf in jax.tree.leaves((stream.memory, stream.cache))))
+  assert len(sizes) == 1
+
+
+def test_prompts_of_different_lengths_are_each_continued_greedily(delta_model, decoder):
+  """Each row gets the argmax of one forward pass over its own prompt and continuation."""
+  lengths = (2 * T + 5, T - 2)
+  new = L - max(lengths)
+  prompts = [tokens(3 + i, n, batch=1)[0] for i, n in enumerate(lengths)]
+  out = gen.generate(decoder, prompts, max_new_tokens=new)
+  assert out.shape == (2, new)
+  rows = np.zeros((2, max(lengths) + new), np.int32)  # right-padded: causal, padding is harmless
+  for r, (prompt, n) in enumerate(zip(prompts, lengths)):
+    rows[r, :n + new] = np.concatenate([prompt, out[r]])
+  logits, _ = forward(delta_model, rows)
+  for r, n in enumerate(lengths):
+    np.testing.assert_array_equal(np.argmax(logits[r, n - 1:n + new - 1], -1), out[r])
+
+
+def test_sampling_temperature_and_top_p():
+  logits = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.1]] * 512))
+  key = jax.random.key(0)
+  assert set(np.asarray(gen.sample(logits, key))) == {0}  # greedy
+  assert set(np.asarray(gen.sample(logits, key, temperature=1.0, top_p=1e-6))) == {0}
+  # top_p 0.5: 0.4 alone is short of it, 0.4 + 0.3 reaches it: tokens 0 and 1 only.
+  nucleus = np.asarray(gen.sample(logits, key, temperature=1.0, top_p=0.5))
+  assert set(nucleus) == {0, 1} and 0.45 < (nucleus == 0).mean() < 0.7
+  everything = np.asarray(gen.sample(logits, key, temperature=1.0))
+  assert set(everything) == {0, 1, 2, 3}
+  np.testing.assert_array_equal(everything, gen.sample(logits, key, temperature=1.0))
+
+
+def test_bad_requests_are_refused(make_model):
+  model = make_model()
+  with pytest.raises(ValueError, match="at least one token long"):
+    gen.generate(model, [np.zeros(0, np.int32)], 4)
+  with pytest.raises(ValueError, match="0 < top_p <= 1"):
+    gen.generate(model, [[1, 2]], 4, temperature=1.0, top_p=0.0)
+  with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+    gen.generate(model, [[1, 2]], 0)
