@@ -13,6 +13,7 @@ and a 32K SentencePiece vocabulary trained on it:
 
   python train.py --config=configs/pg19.py:memory=infini,rule=delta --workdir=runs/pg19_delta
   python train.py --config=configs/pg19.py:runlocal,memory=local --workdir=runs/pg19_local
+`memory` is one of infini (with rule=linear|delta), local, full, xl, memorizing, compressive, rmt.
 `runlocal` swaps in the embedded python_code corpus, byte tokens and the demo-sized model.
 """
 
@@ -20,11 +21,26 @@ from infini_jax import config as configlib
 from infini_jax import evaluate
 
 
+# The baselines' memory sizes, at the paper's scale (Table 1 / Table 2 footprints): Memorizing
+# Transformers' 65K-entry kNN store, a Compressive Transformer with as many compressed slots as a
+# segment (rate 4), RMT with 100 memory tokens.
+BASELINES = dict(memorizing=dict(memory_size=65536, topk=32),
+                 compressive=dict(memory_size=2048, compress_rate=4),
+                 rmt=dict(memory_tokens=100))
+# ... and scaled to runlocal's segment of 128.
+BASELINES_LOCAL = dict(memorizing=dict(memory_size=1024, topk=32),
+                       compressive=dict(memory_size=128, compress_rate=4),
+                       rmt=dict(memory_tokens=16))
+
+
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear")
   if arg.runlocal:
-    c = configlib.defaults("demo", memory=arg.memory, rule=arg.rule)
+    c = configlib.defaults("demo", memory=arg.memory, rule=arg.rule,
+                           **BASELINES_LOCAL.get(arg.memory, {}))
     c.seq_len = 4 * c.model.segment_len
+    if arg.memory == "full":
+      c.model.segment_len = c.seq_len  # one segment: ordinary causal attention
     c.batch_size = 4
     c.optimizer.name = "adafactor"
     c.optimizer.lr = 1e-2
@@ -32,9 +48,12 @@ def get_config(arg=None):
     c.train.update(steps=100, log_every=10, eval_every=100, checkpoint_every=50)
     c.evals.perplexity.update(max_documents=4, max_tokens=4096, chunk_len=512)
     return c
-  c = configlib.defaults("paper_lm", memory=arg.memory, rule=arg.rule)
+  c = configlib.defaults("paper_lm", memory=arg.memory, rule=arg.rule,
+                         **BASELINES.get(arg.memory, {}))
   c.model.dtype = "bfloat16"
   c.seq_len = 32768
+  if arg.memory == "full":
+    c.model.segment_len = c.seq_len  # one segment of 32K: the quadratic upper bound
   c.batch_size = 64
   c.data.update(name="pg19", tokenizer="data/pg19_32k.model")
   c.optimizer.update(name="adafactor", lr=1e-2, warmup_steps=1000, weight_decay=0.0)

@@ -1,17 +1,18 @@
-"""The Infini-attention layer: local causal attention inside a segment, gated with a read of the
-compressive memory of all earlier segments.
+"""The attention layer: projections, RoPE on the local path, and a segment memory.
 
 Axis legend (every einsum uses these letters):
   B batch, T segment length (queries), S segment length (keys), N query heads, K key/value heads,
   G query heads per key/value head (N = K * G), H key dim, V value dim, D model dim.
 
-Per segment (paper section 2):
+Per segment (paper section 2), for the default memory, Infini-attention:
   q, k, v      = x W_q, x W_k, x W_v                 shared by both paths, no extra projections
   A_dot        = softmax(RoPE(q) RoPE(k)ᵀ / √H) v    causal, inside the segment only
   A_mem        = retrieve(M_{s-1}, q)                no position encoding on the memory path
   M_s          = update(M_{s-1}, k, v)               after the read, so a token never reads itself
   A            = sigmoid(β) A_mem + (1 - sigmoid(β)) A_dot, one β per query head, float32
   y            = A W_o
+The memory step is delegated to a segment memory (infini_jax/memories): the paper's baselines
+(local, XL, Memorizing, Compressive) plug into the same layer.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from infini_jax import memories
 from infini_jax import memory as memlib
 from infini_jax import sharding as sh
 from infini_jax.local_attention import blocked_causal_attention
-
-MEMORIES = ("infini", "local")
 
 
 def param(rngs: nnx.Rngs, shape, names, in_axis, out_axis, dtype) -> nnx.Param:
@@ -62,58 +62,71 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
 
 
 class InfiniAttention(nnx.Module):
-  """Multi-head / grouped-query attention with a compressive memory per key/value head.
+  """Multi-head / grouped-query attention whose memory step is a segment memory.
 
-  memory="infini" is the paper's layer (rule "linear" or "delta"); memory="local" drops the memory
-  path (segment-local attention only, no state), the paper's weakest baseline.
+  `memory` is "infini" (the paper's layer, with `rule` "linear" or "delta"), "local" (attention
+  inside the segment only, no state), or any segment memory object from infini_jax.memories
+  (model.py builds those from the ModelConfig). Gated memories get one β per query head.
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
-               memory: str = "infini", rule: str = "linear", gate_init: float = 0.0,
+               memory="infini", rule: str = "linear", gate_init: float = 0.0,
                rope_theta: float = 10_000.0, dtype=jnp.float32, param_dtype=jnp.float32,
                rngs: nnx.Rngs):
-    if memory not in MEMORIES:
-      raise ValueError(f"unknown memory {memory!r}; use one of {MEMORIES}")
-    if rule not in memlib.RULES:
-      raise ValueError(f"unknown memory update rule {rule!r}; use one of {memlib.RULES}")
     if num_heads % num_kv_heads:
       raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
     if head_dim % 2:
       raise ValueError(f"head_dim={head_dim} must be even for RoPE")
+    if isinstance(memory, str):
+      if memory not in ("infini", "local"):
+        raise ValueError(f"unknown memory {memory!r}: a name is 'infini' or 'local'; build the "
+                         "others with infini_jax.memories.for_layer(model_config, layer_index)")
+      if rule not in memlib.RULES:
+        raise ValueError(f"unknown memory update rule {rule!r}; use one of {memlib.RULES}")
+      memory = (memories.Infini(num_kv_heads, head_dim, rule) if memory == "infini"
+                else memories.Local())
+    self.segment_memory = memory
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-    self.memory, self.rule, self.rope_theta, self.dtype = memory, rule, rope_theta, dtype
+    self.rope_theta, self.dtype = rope_theta, dtype
     D, N, K, H = d_model, num_heads, num_kv_heads, head_dim
     self.wq = param(rngs, (D, N, H), (sh.EMBED, sh.HEADS, sh.HEAD_DIM), 0, (1, 2), param_dtype)
     self.wk = param(rngs, (D, K, H), (sh.EMBED, sh.KV_HEADS, sh.HEAD_DIM), 0, (1, 2), param_dtype)
     self.wv = param(rngs, (D, K, H), (sh.EMBED, sh.KV_HEADS, sh.HEAD_DIM), 0, (1, 2), param_dtype)
     self.wo = param(rngs, (N, H, D), (sh.HEADS, sh.HEAD_DIM, sh.EMBED), (0, 1), 2, param_dtype)
-    if memory == "infini":
+    if memory.gated:
       # The gate stays float32 whatever param_dtype is: its sigmoid must be able to move by
       # small steps near 0 and 1.
       self.gate = nnx.Param(jnp.full((N,), gate_init, jnp.float32), sharding=(sh.HEADS,),
                             eager_sharding=False)
 
-  def init_state(self, batch: int) -> memlib.CompressiveMemory | None:
-    if self.memory == "local":
-      return None
-    return memlib.init_memory(batch, self.num_kv_heads, self.head_dim, self.head_dim)
+  def init_state(self, batch: int):
+    return self.segment_memory.init_state(batch)
 
   def gate_value(self) -> jax.Array:
     """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context."""
     return jax.nn.sigmoid(self.gate[...])
 
+  # The pieces segment memories build on.
+
+  def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x [B, T, D] -> k [B, T, K, H], v [B, T, K, V]."""
+    k = jnp.einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
+    v = jnp.einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
+    return k, v
+
+  def local(self, q: jax.Array, k: jax.Array, v: jax.Array, mask) -> jax.Array:
+    """Causal attention inside the segment, RoPE at positions 0..T-1: [B, T, N, V] float32."""
+    return local_attention(rope(q, self.rope_theta), rope(k, self.rope_theta), v, mask)
+
+  def rope_at(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+    return rope_at(x, positions, self.rope_theta)
+
   def __call__(self, x: jax.Array, state, mask: jax.Array | None = None):
     """x [B, T, D] one segment, state the layer's memory, mask [B, T] -> (y [B, T, D], state)."""
     x = x.astype(self.dtype)
     q = jnp.einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
-    k = jnp.einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
-    v = jnp.einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
-    out = local_attention(rope(q, self.rope_theta), rope(k, self.rope_theta), v, mask)
-    if self.memory == "infini":
-      a_mem = memlib.retrieve(state, q)  # [B, T, N, V] float32
-      state = memlib.update(state, k, v, self.rule, mask)
-      g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
-      out = g * a_mem + (1.0 - g) * out  # [B, T, N, V] float32
+    k, v = self.project_kv(x)
+    out, state = self.segment_memory(self, x, q, k, v, state, mask)  # [B, T, N, V] float32
     y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
     return y, state
 
@@ -133,17 +146,17 @@ class InfiniAttention(nnx.Module):
     memory `state` of the completed segments, which is not updated here (see `flush`). Slots at
     or past the segment's end are dropped, so a caller may pad x. -> (y [B, C, D], cache).
     """
+    self._check_decodable()
     x = x.astype(self.dtype)
     q = jnp.einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
-    k = jnp.einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
-    v = jnp.einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
+    k, v = self.project_kv(x)
     cache = KVCache(k=write_cache(cache.k, k, pos), v=write_cache(cache.v, v, pos))
     q_pos = pos + jnp.arange(x.shape[1])  # [C] positions inside the segment
     # The cache keeps k without RoPE (the memory write needs them so); RoPE of the whole cache
     # is `rope` at positions 0..T-1, exactly the keys the segment scan attends to.
     out = cached_attention(rope_at(q, q_pos, self.rope_theta), rope(cache.k, self.rope_theta),
                            cache.v, q_pos)
-    if self.memory == "infini":
+    if isinstance(self.segment_memory, memories.Infini):
       a_mem = memlib.retrieve(state, q)  # [B, C, N, V] float32
       g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
       out = g * a_mem + (1.0 - g) * out
@@ -152,9 +165,15 @@ class InfiniAttention(nnx.Module):
 
   def flush(self, state, cache: KVCache):
     """The memory after the complete segment held in `cache` (every slot written): M_s, z_s."""
-    if self.memory == "local":
+    self._check_decodable()
+    if isinstance(self.segment_memory, memories.Local):
       return state
-    return memlib.update(state, cache.k, cache.v, self.rule)
+    return memlib.update(state, cache.k, cache.v, self.segment_memory.rule)
+
+  def _check_decodable(self):
+    if not isinstance(self.segment_memory, (memories.Infini, memories.Local)):
+      raise ValueError(f"key/value-cache decoding supports the infini, local and full memories, "
+                       f"not {type(self.segment_memory).__name__}; evaluate perplexity instead")
 
 
 class KVCache(NamedTuple):

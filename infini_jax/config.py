@@ -87,6 +87,10 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
     raise ValueError(
         f"seq_len={config.seq_len} must be a positive multiple of model.segment_len="
         f"{model.segment_len}; e.g. --config.seq_len={4 * model.segment_len}")
+  if model.memory == "full" and model.segment_len != config.seq_len:
+    raise ValueError(
+        f"memory=full attends over the whole training length: set model.segment_len = seq_len "
+        f"(--config.model.segment_len={config.seq_len}); got {model.segment_len}")
   if config.data.name not in DATASETS:
     raise ValueError(f"unknown data.name {config.data.name!r}; use one of {DATASETS}")
   if not config.data.tokenizer:

@@ -20,8 +20,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax import sharding as sh
-from infini_jax.attention import MEMORIES, InfiniAttention, param
-from infini_jax.memory import RULES
+from infini_jax import memories
+from infini_jax.attention import InfiniAttention, param
+from infini_jax.memories import MEMORIES
+from infini_jax.memory import RULES, CompressiveMemory
 
 REMAT_POLICIES: dict[str, Any] = {
     "none": None,  # no rematerialisation: fastest, memory grows with the number of segments
@@ -33,9 +35,11 @@ ACTIVATION = (sh.BATCH, sh.LENGTH, None)  # block boundaries: split over the bat
 
 
 def constrain_state(layer_state):
-  """Memory states [B, K, ...] live where their batch rows and key/value heads do."""
-  return jax.tree.map(lambda a: sh.constrain(a, (sh.BATCH, sh.KV_HEADS) + (None,) * (a.ndim - 2)),
-                      layer_state)
+  """Memory states live with their batch rows; the compressive memory [B, K, H, V] also with its
+  key/value heads."""
+  heads = (sh.KV_HEADS,) if isinstance(layer_state, CompressiveMemory) else (None,)
+  return jax.tree.map(lambda a: sh.constrain(a, (sh.BATCH,) + heads[:a.ndim - 1] +
+                                             (None,) * (a.ndim - 2)), layer_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +63,14 @@ class ModelConfig:
   dtype: str = "float32"  # compute dtype; memory math, softmax, gate and loss stay float32
   param_dtype: str = "float32"
   remat: str = "full"
+  # The baselines' settings (infini_jax/memories): memorizing's store entries per head or
+  # compressive's compressed slots; memorizing's top-k and kNN layer (-1: 3/4 deep); compressive's
+  # rate; RMT's memory tokens.
+  memory_size: int = 0
+  topk: int = 32
+  knn_layer: int = -1
+  compress_rate: int = 4
+  memory_tokens: int = 0
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -77,6 +89,12 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
                        f"model.num_kv_heads={self.num_kv_heads}")
+    if self.memory == "rmt" and self.memory_tokens < 1:
+      raise ValueError("memory=rmt needs model.memory_tokens >= 1 (the paper's RMT uses 100s)")
+    if self.memory == "memorizing" and not 0 <= memories.knn_layer(self) < self.num_layers:
+      raise ValueError(f"model.knn_layer={self.knn_layer} is not a layer of {self.num_layers}")
+    for i in range(self.num_layers):
+      memories.for_layer(self, i)  # each memory checks its own settings
 
   def flops_per_token(self) -> float:
     """Forward FLOPs per token: matmuls (2 per multiply-add) with segment attention counted as the
@@ -84,7 +102,9 @@ class ModelConfig:
     D, N, K, H, F, T = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
                         self.mlp_dim, self.segment_len)
     proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D
-    attn = 4 * T * N * H
+    keys = {"xl": 2 * T, "memorizing": 2 * T, "compressive": self.memory_size + 2 * T,
+            "rmt": T + 2 * self.memory_tokens}.get(self.memory, T)  # keys each query scores
+    attn = 4 * keys * N * H
     mem = (4 * N * H * H + 4 * N * H) if self.memory == "infini" else 0
     mlp = 6 * D * F
     return self.num_layers * (proj + attn + mem + mlp) + 2 * D * self.vocab_size
@@ -120,11 +140,12 @@ class MLP(nnx.Module):
 
 class Block(nnx.Module):
 
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, index: int, rngs: nnx.Rngs):
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     self.attn = InfiniAttention(
-        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, memory=cfg.memory,
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+        memory=memories.for_layer(cfg, index),
         rule=cfg.rule, gate_init=cfg.gate_init, rope_theta=cfg.rope_theta, dtype=dtype,
         param_dtype=param_dtype, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
@@ -160,15 +181,30 @@ class InfiniTransformer(nnx.Module):
     self.embed = nnx.Param(
         jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
         sharding=(sh.VOCAB, sh.EMBED), eager_sharding=False)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+    self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.num_layers)])
+    if cfg.memory == "rmt":
+      # RMT's initial memory tokens, read at the start of the first segment.
+      self.memory_init = nnx.Param(
+          jax.random.normal(rngs.params(), (cfg.memory_tokens, cfg.d_model), param_dtype),
+          sharding=(None, sh.EMBED), eager_sharding=False)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,
                            param_dtype)
 
   def init_state(self, batch: int) -> tuple:
-    """The empty state: one entry per layer (a CompressiveMemory, or None without memory)."""
-    return tuple(block.attn.init_state(batch) for block in self.blocks)
+    """The empty state: one entry per layer (a CompressiveMemory, an XL cache, ..., or None),
+    then, for RMT only, the memory tokens [B, p, D]."""
+    layers = tuple(block.attn.init_state(batch) for block in self.blocks)
+    if self.cfg.memory != "rmt":
+      return layers
+    tokens = jnp.broadcast_to(self.memory_init[...], (batch,) + self.memory_init.shape)
+    return layers + (tokens.astype(self.dtype),)
+
+  def state_size(self, batch: int = 1) -> int:
+    """Numbers the state carries between segments for `batch` sequences (masks not counted)."""
+    shapes = jax.eval_shape(lambda: self.init_state(batch))
+    return sum(x.size for x in jax.tree.leaves(shapes) if x.dtype != jnp.bool_)
 
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] -> float32 logits [B, T, W]."""
@@ -182,11 +218,22 @@ class InfiniTransformer(nnx.Module):
   def segment(self, tokens: jax.Array, state: tuple, mask: jax.Array):
     """The whole stack on one segment: tokens [B, T], mask [B, T] -> (hidden [B, T, D], state)."""
     x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    T = x.shape[1]
+    if self.cfg.memory == "rmt":
+      # RMT: the memory tokens are read before the segment and written after it; the outputs of
+      # the write tokens are the next segment's memory, the only path between segments.
+      read = state[-1]  # [B, p, D]
+      x = jnp.concatenate([read, x, read], axis=1)  # [B, p + T + p, D]
+      p = read.shape[1]
+      mask = jnp.pad(mask, [(0, 0), (p, p)], constant_values=True)
     new_state = []
     for block, layer_state in zip(self.blocks, state):
       x = sh.constrain(x, ACTIVATION)
       x, layer_state = block(x, layer_state, mask)
       new_state.append(constrain_state(layer_state))
+    if self.cfg.memory == "rmt":
+      x, written = x[:, p:p + T], x[:, p + T:]
+      new_state.append(written)
     return sh.constrain(x, ACTIVATION), tuple(new_state)
 
   def __call__(self, tokens: jax.Array, state: tuple | None = None,

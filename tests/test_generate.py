@@ -23,7 +23,7 @@ def tokens(seed, length, batch=2):
 def mixed_gates(model):
   """Gates from mostly local to mostly memory, so both paths show in the logits."""
   for block in model.blocks:
-    if block.attn.memory == "infini":
+    if block.attn.segment_memory.gated:
       block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
   return model
 

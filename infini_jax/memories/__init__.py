@@ -44,8 +44,8 @@ def for_layer(cfg, index: int):
   if cfg.memory not in LAYER_MEMORY:
     raise ValueError(f"unknown model.memory {cfg.memory!r}; use one of {MEMORIES}")
   if cfg.memory == "memorizing" and index != knn_layer(cfg):
-    return XL(cfg)
-  return LAYER_MEMORY[cfg.memory](cfg)
+    return XL.of(cfg)
+  return LAYER_MEMORY[cfg.memory].of(cfg)
 
 
 def footprint(cfg) -> int:

@@ -11,6 +11,7 @@ d_model · (c + N) numbers.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -26,22 +27,28 @@ class CompressiveCache(NamedTuple):
   coarse_valid: jax.Array  # [B, c]
 
 
+@dataclasses.dataclass(frozen=True)
 class Compressive:
+  T: int  # segment length = fine memory length
+  D: int
+  c: int  # compressed slots
+  r: int  # compression rate
+  dtype: str
   gated = False
 
-  def __init__(self, cfg):
+  @classmethod
+  def of(cls, cfg) -> "Compressive":
     if cfg.compress_rate < 1 or cfg.segment_len % cfg.compress_rate or cfg.memory_size < 1:
       raise ValueError(
           f"compressive needs model.compress_rate={cfg.compress_rate} to divide model.segment_len="
           f"{cfg.segment_len} and model.memory_size={cfg.memory_size} >= 1 compressed slots")
-    self.T, self.D, self.c, self.r = cfg.segment_len, cfg.d_model, cfg.memory_size, cfg.compress_rate
-    self.dtype = jnp.dtype(cfg.dtype)
+    return cls(cfg.segment_len, cfg.d_model, cfg.memory_size, cfg.compress_rate, cfg.dtype)
 
   def init_state(self, batch: int) -> CompressiveCache:
+    dt = jnp.dtype(self.dtype)
     return CompressiveCache(
-        fine=jnp.zeros((batch, self.T, self.D), self.dtype), fine_valid=jnp.zeros((batch, self.T), bool),
-        coarse=jnp.zeros((batch, self.c, self.D), self.dtype),
-        coarse_valid=jnp.zeros((batch, self.c), bool))
+        fine=jnp.zeros((batch, self.T, self.D), dt), fine_valid=jnp.zeros((batch, self.T), bool),
+        coarse=jnp.zeros((batch, self.c, self.D), dt), coarse_valid=jnp.zeros((batch, self.c), bool))
 
   def footprint(self) -> int:
     return self.D * (self.c + self.T)
@@ -66,7 +73,8 @@ class Compressive:
     out = attend(layer.rope_at(q, q_pos), layer.rope_at(keys, k_pos), values,
                  causal_visible(q_pos, k_pos, valid))
     pooled, pooled_valid = self.compress(state.fine, state.fine_valid)
+    dt = jnp.dtype(self.dtype)
     return out, CompressiveCache(
-        fine=jax.lax.stop_gradient(x).astype(self.dtype), fine_valid=mask,
-        coarse=fifo(state.coarse, pooled.astype(self.dtype)),
+        fine=jax.lax.stop_gradient(x).astype(dt), fine_valid=mask,
+        coarse=fifo(state.coarse, pooled.astype(dt)),
         coarse_valid=fifo(state.coarse_valid, pooled_valid))

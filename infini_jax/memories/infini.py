@@ -8,14 +8,21 @@ training length).
 
 from __future__ import annotations
 
+import dataclasses
+
 from infini_jax import memory as memlib
 
 
+@dataclasses.dataclass(frozen=True)
 class Infini:
+  K: int
+  H: int
+  rule: str
   gated = True
 
-  def __init__(self, cfg):
-    self.K, self.H, self.rule = cfg.num_kv_heads, cfg.head_dim, cfg.rule
+  @classmethod
+  def of(cls, cfg) -> "Infini":
+    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule)
 
   def init_state(self, batch: int) -> memlib.CompressiveMemory:
     return memlib.init_memory(batch, self.K, self.H, self.H)
@@ -32,11 +39,14 @@ class Infini:
     return g * a_mem + (1.0 - g) * local, state
 
 
+@dataclasses.dataclass(frozen=True)
 class Local:
   gated = False
 
-  def __init__(self, cfg):
+  @classmethod
+  def of(cls, cfg) -> "Local":
     del cfg
+    return cls()
 
   def init_state(self, batch: int) -> None:
     del batch

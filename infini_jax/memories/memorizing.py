@@ -11,6 +11,7 @@ is kNN-augmented and the others are Transformer-XL layers (model.py). Footprint 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -47,19 +48,24 @@ def top_k_read(store: KNNStore, q: jax.Array, k: int) -> jax.Array:
   return out.reshape(B, T, N, V)
 
 
+@dataclasses.dataclass(frozen=True)
 class Memorizing:
+  M: int  # store entries per key/value head
+  topk: int
+  K: int
+  H: int
+  dtype: str
   gated = True
 
-  def __init__(self, cfg):
+  @classmethod
+  def of(cls, cfg) -> "Memorizing":
     if cfg.memory_size < 1 or cfg.topk < 1 or cfg.topk > cfg.memory_size:
       raise ValueError(f"memorizing needs 1 <= model.topk={cfg.topk} <= model.memory_size="
                        f"{cfg.memory_size}")
-    self.M, self.topk = cfg.memory_size, cfg.topk
-    self.K, self.H = cfg.num_kv_heads, cfg.head_dim
-    self.dtype = jnp.dtype(cfg.dtype)
+    return cls(cfg.memory_size, cfg.topk, cfg.num_kv_heads, cfg.head_dim, cfg.dtype)
 
   def init_state(self, batch: int) -> KNNStore:
-    z = jnp.zeros((batch, self.M, self.K, self.H), self.dtype)
+    z = jnp.zeros((batch, self.M, self.K, self.H), jnp.dtype(self.dtype))
     return KNNStore(k=z, v=z, valid=jnp.zeros((batch, self.M), bool))
 
   def footprint(self) -> int:
@@ -73,7 +79,7 @@ class Memorizing:
     local = attend(layer.rope_at(q, pos), layer.rope_at(k, pos), v, causal_visible(pos, pos, mask))
     g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
     out = g * top_k_read(state, q, self.topk) + (1.0 - g) * local
-    sg = jax.lax.stop_gradient
-    state = KNNStore(k=fifo(state.k, sg(k).astype(self.dtype)),
-                     v=fifo(state.v, sg(v).astype(self.dtype)), valid=fifo(state.valid, mask))
+    sg, dt = jax.lax.stop_gradient, jnp.dtype(self.dtype)
+    state = KNNStore(k=fifo(state.k, sg(k).astype(dt)), v=fifo(state.v, sg(v).astype(dt)),
+                     valid=fifo(state.valid, mask))
     return out, state

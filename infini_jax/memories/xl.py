@@ -9,6 +9,7 @@ before RoPE, so it is rotated again at use. Footprint per layer (paper Table 1):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -23,15 +24,20 @@ class XLCache(NamedTuple):
   valid: jax.Array  # [B, T] bool: False before the first segment and on padding
 
 
+@dataclasses.dataclass(frozen=True)
 class XL:
+  T: int  # segment length = cache length
+  K: int
+  H: int
+  dtype: str
   gated = False
 
-  def __init__(self, cfg):
-    self.T, self.K, self.H = cfg.segment_len, cfg.num_kv_heads, cfg.head_dim
-    self.dtype = jnp.dtype(cfg.dtype)
+  @classmethod
+  def of(cls, cfg) -> "XL":
+    return cls(cfg.segment_len, cfg.num_kv_heads, cfg.head_dim, cfg.dtype)
 
   def init_state(self, batch: int) -> XLCache:
-    z = jnp.zeros((batch, self.T, self.K, self.H), self.dtype)
+    z = jnp.zeros((batch, self.T, self.K, self.H), jnp.dtype(self.dtype))
     return XLCache(k=z, v=z, valid=jnp.zeros((batch, self.T), bool))
 
   def footprint(self) -> int:
@@ -46,4 +52,5 @@ class XL:
     k_pos, q_pos = jnp.arange(2 * T), T + jnp.arange(T)
     visible = causal_visible(q_pos, k_pos, jnp.concatenate([state.valid, mask], axis=1))
     out = attend(layer.rope_at(q, q_pos), layer.rope_at(keys, k_pos), values, visible)
-    return out, XLCache(k=k.astype(self.dtype), v=v.astype(self.dtype), valid=mask)
+    dt = jnp.dtype(self.dtype)
+    return out, XLCache(k=k.astype(dt), v=v.astype(dt), valid=mask)
