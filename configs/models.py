@@ -14,6 +14,10 @@ from infini_jax.model import ModelConfig
 # of 8 so the vocabulary splits over up to 8 tensor-parallel devices; the extra ids never occur.
 BYTE_VOCAB = 264
 LLAMA3_VOCAB = 128_256
+# The gates' start for a converted LLM (python -m infini_jax.convert; README "Start from an existing
+# LLM" has the measurement): sigmoid(-4) = 0.018 leaves the pretrained attention 98% intact at step
+# 0 and the gate free to learn (-100 never learns: sigmoid is exactly 0; 0 halves the attention).
+CONVERTED_GATE_INIT = -4.0
 
 PRESETS: dict[str, ModelConfig] = {
     # CPU tests: compiles in seconds, byte-level vocabulary.
@@ -27,16 +31,23 @@ PRESETS: dict[str, ModelConfig] = {
     "paper_lm": ModelConfig(vocab_size=32_000, d_model=1024, num_layers=12, num_heads=8,
                             num_kv_heads=8, head_dim=128, mlp_dim=4096, segment_len=2048),
     # Llama-3.2-1B (meta-llama/Llama-3.2-1B config.json): 16 layers, d 2048, 32 query and 8
-    # key/value heads of 64, FFN 8192, tied embeddings, RoPE theta 5e5. 1.24e9 parameters.
-    # Segment 2048 as in the paper's 1B passkey experiment.
+    # key/value heads of 64, FFN 8192, tied embeddings, RoPE theta 5e5 with llama3 scaling
+    # (factor 32, low/high frequency factors 1/4, original context 8192), RMSNorm eps 1e-5.
+    # 1.24e9 parameters. Segment 2048 as in the paper's 1B passkey experiment.
     "1b": ModelConfig(vocab_size=LLAMA3_VOCAB, d_model=2048, num_layers=16, num_heads=32,
                       num_kv_heads=8, head_dim=64, mlp_dim=8192, segment_len=2048,
-                      rope_theta=500_000.0, tie_embeddings=True, dtype="bfloat16"),
+                      rope_theta=500_000.0, rope_scaling="llama3", rope_scaling_factor=32.0,
+                      rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
+                      rope_original_max_len=8192, norm_eps=1e-5, tie_embeddings=True,
+                      gate_init=CONVERTED_GATE_INIT, dtype="bfloat16"),
     # Llama-3-8B (meta-llama/Meta-Llama-3-8B config.json): 32 layers, d 4096, 32 query and 8
-    # key/value heads of 128, FFN 14336, untied embeddings, RoPE theta 5e5. 8.03e9 parameters.
+    # key/value heads of 128, FFN 14336, untied embeddings, RoPE theta 5e5 without scaling,
+    # RMSNorm eps 1e-5. 8.03e9 parameters. (Llama-3.1-8B has the same shape but llama3 scaling
+    # with factor 8: --preset=8b:rope_scaling=llama3,rope_scaling_factor=8.)
     "8b": ModelConfig(vocab_size=LLAMA3_VOCAB, d_model=4096, num_layers=32, num_heads=32,
                       num_kv_heads=8, head_dim=128, mlp_dim=14336, segment_len=2048,
-                      rope_theta=500_000.0, dtype="bfloat16"),
+                      rope_theta=500_000.0, norm_eps=1e-5, gate_init=CONVERTED_GATE_INIT,
+                      dtype="bfloat16"),
 }
 
 

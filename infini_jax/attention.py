@@ -25,8 +25,9 @@ from flax import nnx
 
 from infini_jax import memories
 from infini_jax import memory as memlib
+from infini_jax import rope as ropelib
 from infini_jax import sharding as sh
-from infini_jax.local_attention import blocked_causal_attention
+from infini_jax import local_attention as local_impls
 
 
 def param(rngs: nnx.Rngs, shape, names, in_axis, out_axis, dtype) -> nnx.Param:
@@ -36,29 +37,27 @@ def param(rngs: nnx.Rngs, shape, names, in_axis, out_axis, dtype) -> nnx.Param:
   return nnx.Param(init(rngs.params(), shape, dtype), sharding=names, eager_sharding=False)
 
 
-def rope(x: jax.Array, theta: float) -> jax.Array:
+def rope(x: jax.Array, theta: float, scaling: ropelib.Scaling | None = None) -> jax.Array:
   """Rotary position encoding of x [B, T, N, H] at positions 0..T-1 of the segment.
 
   Halves convention (the first H/2 dims pair with the last H/2), as Llama checkpoints expect.
   Positions restart at every segment: RoPE is relative, so only distances inside it matter.
   """
-  _, T, _, H = x.shape
-  freq = theta ** (-jnp.arange(0, H // 2, dtype=jnp.float32) * 2.0 / H)  # [H/2]
-  angle = jnp.arange(T, dtype=jnp.float32)[:, None] * freq[None, :]  # [T, H/2]
-  sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
-  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
-  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+  return rope_at(x, jnp.arange(x.shape[1]), theta, scaling)
 
 
-def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                    impl: str = "blocked") -> jax.Array:
   """Causal softmax attention inside one segment, with grouped-query heads.
 
   q [B, T, N, H], k [B, S, K, H], v [B, S, K, V], mask [B, S] (False on padded keys)
   -> [B, T, N, V] in float32. Logits and softmax run in float32. A query whose visible keys are
   all padded gets a finite output (a mean of values), which the caller ignores.
+  `impl` (model.attention_impl, infini_jax/local_attention.py): "blocked", query blocks over their
+  key prefix with a hand-written gradient (fastest on CPU), or "xla", jax.nn.dot_product_attention
+  (cuDNN flash attention on GPU in 16 bits, XLA's path elsewhere).
   """
-  # Query blocks over their key prefix only, with a hand-written gradient: local_attention.py.
-  return blocked_causal_attention(q, k, v, None if mask is None else mask.astype(bool))
+  return local_impls.IMPLEMENTATIONS[impl](q, k, v, None if mask is None else mask.astype(bool))
 
 
 class InfiniAttention(nnx.Module):
@@ -72,11 +71,16 @@ class InfiniAttention(nnx.Module):
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                memory="infini", rule: str = "linear", gate_init: float = 0.0,
                rope_theta: float = 10_000.0, dtype=jnp.float32, param_dtype=jnp.float32,
+               rope_scaling: ropelib.Scaling | None = None, attention_impl: str = "blocked",
                rngs: nnx.Rngs):
     if num_heads % num_kv_heads:
       raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
     if head_dim % 2:
       raise ValueError(f"head_dim={head_dim} must be even for RoPE")
+    if attention_impl not in local_impls.IMPLEMENTATIONS:
+      raise ValueError(f"unknown attention_impl {attention_impl!r}; use one of "
+                       f"{tuple(local_impls.IMPLEMENTATIONS)}")
+    self.attention_impl = attention_impl
     if isinstance(memory, str):
       if memory not in ("infini", "local"):
         raise ValueError(f"unknown memory {memory!r}: a name is 'infini' or 'local'; build the "
@@ -87,7 +91,7 @@ class InfiniAttention(nnx.Module):
                 else memories.Local())
     self.segment_memory = memory
     self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-    self.rope_theta, self.dtype = rope_theta, dtype
+    self.rope_theta, self.rope_scaling, self.dtype = rope_theta, rope_scaling, dtype
     D, N, K, H = d_model, num_heads, num_kv_heads, head_dim
     self.wq = param(rngs, (D, N, H), (sh.EMBED, sh.HEADS, sh.HEAD_DIM), 0, (1, 2), param_dtype)
     self.wk = param(rngs, (D, K, H), (sh.EMBED, sh.KV_HEADS, sh.HEAD_DIM), 0, (1, 2), param_dtype)
@@ -116,10 +120,12 @@ class InfiniAttention(nnx.Module):
 
   def local(self, q: jax.Array, k: jax.Array, v: jax.Array, mask) -> jax.Array:
     """Causal attention inside the segment, RoPE at positions 0..T-1: [B, T, N, V] float32."""
-    return local_attention(rope(q, self.rope_theta), rope(k, self.rope_theta), v, mask)
+    theta, scaling = self.rope_theta, self.rope_scaling
+    return local_attention(rope(q, theta, scaling), rope(k, theta, scaling), v, mask,
+                           self.attention_impl)
 
   def rope_at(self, x: jax.Array, positions: jax.Array) -> jax.Array:
-    return rope_at(x, positions, self.rope_theta)
+    return rope_at(x, positions, self.rope_theta, self.rope_scaling)
 
   def __call__(self, x: jax.Array, state, mask: jax.Array | None = None):
     """x [B, T, D] one segment, state the layer's memory, mask [B, T] -> (y [B, T, D], state)."""
@@ -154,8 +160,8 @@ class InfiniAttention(nnx.Module):
     q_pos = pos + jnp.arange(x.shape[1])  # [C] positions inside the segment
     # The cache keeps k without RoPE (the memory write needs them so); RoPE of the whole cache
     # is `rope` at positions 0..T-1, exactly the keys the segment scan attends to.
-    out = cached_attention(rope_at(q, q_pos, self.rope_theta), rope(cache.k, self.rope_theta),
-                           cache.v, q_pos)
+    keys = rope(cache.k, self.rope_theta, self.rope_scaling)
+    out = cached_attention(self.rope_at(q, q_pos), keys, cache.v, q_pos)
     if isinstance(self.segment_memory, memories.Infini):
       a_mem = memlib.retrieve(state, q)  # [B, C, N, V] float32
       g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
@@ -197,10 +203,10 @@ def write_cache(buf: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
   return jnp.where(written.reshape((1, T) + (1,) * (buf.ndim - 2)), new, buf)
 
 
-def rope_at(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """`rope` of x [B, C, N, H] at the given positions [C] of the segment instead of 0..C-1."""
-  H = x.shape[-1]
-  freq = theta ** (-jnp.arange(0, H // 2, dtype=jnp.float32) * 2.0 / H)  # [H/2]
+def rope_at(x: jax.Array, positions: jax.Array, theta: float,
+            scaling: ropelib.Scaling | None = None) -> jax.Array:
+  """`rope` of x [B, C, N, H] at the given positions [C] instead of 0..C-1."""
+  freq = ropelib.frequencies(x.shape[-1], theta, scaling)  # [H/2]
   angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # [C, H/2]
   sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -77,13 +78,104 @@ class Checkpointer:
     self.manager.close()
 
 
+# Parameters of a segment memory rather than of the language model under it. A source without
+# them (a converted LLM, a memory="local" run) cannot supply them: they keep the new run's initial
+# values.
+MEMORY_PARAMS = ("gate", "memory_init")
+
+
+def checkpoints_dir(path: str) -> str:
+  """The orbax checkpoints directory `path` names: itself, or WORKDIR/checkpoints of a workdir."""
+  inner = epath.Path(path) / "checkpoints"
+  return os.fspath(inner if inner.is_dir() else epath.Path(path))
+
+
+def restore_init_params(path: str, fresh_params: Any) -> tuple[Any, str]:
+  """The parameters a fresh run starts from when config.init_from=path (continual pre-training).
+
+  path: the output of `python -m infini_jax.convert`, or another run's WORKDIR/checkpoints (or its
+  workdir); its latest step is read, parameters only. fresh_params: the new run's initialised
+  parameters (a pure dict of arrays on the mesh); they are the restore targets (shapes, dtypes and
+  shardings: the source lands directly where this run keeps it) and they supply the MEMORY_PARAMS
+  that the source lacks. Any other difference in names or shapes is a ValueError, before anything
+  is read. Returns (params, a one-line note of what happened, for the log).
+  """
+  directory = checkpoints_dir(path)
+  # Reads only (read_only=True would say so in a warning on every run).
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f"init_from={path}: no checkpoint in {directory}; point it at the --out of "
+          "python -m infini_jax.convert or at a training run's WORKDIR/checkpoints")
+    stored = ocp.PyTreeCheckpointHandler().metadata(
+        epath.Path(directory) / str(step) / "state").tree["params"]
+    have, want = _flat(stored), _flat(fresh_params)
+    fill = sorted(n for n in set(want) - set(have) if _is_memory_param(n))
+    drop = sorted(n for n in set(have) - set(want) if _is_memory_param(n))
+    _check_shapes(_without(stored, drop), _without(fresh_params, fill),
+                  f"init_from={path} (step {step})")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            _without(fresh_params, fill))
+    item = {"params": abstract}
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))["state"]["params"]
+  finally:
+    manager.close()
+  note = f"initialised the parameters from the checkpoint of step {step} in {directory}"
+  gates = [n for n in fill if n.endswith("/gate")]
+  if gates:
+    beta = _first_value(fresh_params, gates[0])
+    note += (f"; it has no gates: {len(gates)} layers start at this run's model.gate_init "
+             f"β={beta:g} (sigmoid {1 / (1 + np.exp(-beta)):.3g})")
+  if len(fill) > len(gates):
+    note += f"; fresh {', '.join(n for n in fill if n not in gates)}"
+  if drop:
+    note += f"; unused there: {len(drop)} memory parameters ({drop[0]}, ...)"
+  return _merge(fresh_params, restored), note
+
+
+def _is_memory_param(name: str) -> bool:
+  return name.rsplit("/", 1)[-1] in MEMORY_PARAMS
+
+
+def _name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _flat(tree: Any) -> dict[str, tuple[int, ...]]:
+  return {_name(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _without(tree: dict, names: list[str], prefix: str = "") -> dict:
+  """The nested dict `tree` without the leaves named in `names` ("blocks/0/attn/gate")."""
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out[key] = _without(value, names, name + "/")
+    elif name not in names:
+      out[key] = value
+  return out
+
+
+def _merge(base: dict, update: dict) -> dict:
+  """`base` with every leaf that `update` has replaced by update's."""
+  return {k: (_merge(v, update[k]) if isinstance(v, dict) else update[k]) if k in update else v
+          for k, v in base.items()}
+
+
+def _first_value(tree: dict, name: str) -> float:
+  """One element of the leaf `name`, read from this process's own shard (multi-host safe)."""
+  leaf = next(x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if _name(p) == name)
+  return float(np.asarray(leaf.addressable_shards[0].data).flat[0])
+
+
 def _check_shapes(stored: Any, wanted: Any, what: str) -> None:
   """Raises if the arrays of `stored` (checkpoint metadata) and `wanted` differ in name or shape."""
-  def flat(tree):
-    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(x.shape)
-            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-  have, want = flat(stored), flat(wanted)
+  have, want = _flat(stored), _flat(wanted)
   diffs = [f"{name} is {have.get(name, 'missing')} there, {want.get(name, 'missing')} here"
            for name in sorted(set(have) | set(want)) if have.get(name) != want.get(name)]
   if diffs:

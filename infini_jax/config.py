@@ -8,6 +8,7 @@ against each other before any work starts.
 from __future__ import annotations
 
 import ml_collections
+from etils import epath
 
 from configs import models
 from infini_jax import evaluate
@@ -50,7 +51,9 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
   # Mesh axis sizes (-1: the remaining devices) and the logical-axis -> mesh-axis rules.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = sh.DEFAULT_RULES
-  c.init_from = ""  # an orbax checkpoint to start the parameters from (continual pre-training)
+  # Continual pre-training: a fresh run starts from the parameters of this checkpoints directory
+  # (python -m infini_jax.convert's --out, or a run's WORKDIR/checkpoints). Resuming wins over it.
+  c.init_from = ""
   return c
 
 
@@ -103,9 +106,9 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
   if config.data.name == "text_files" and not config.data.text_glob:
     raise ValueError("data.text_glob is empty: point it at your corpus, e.g. "
                      "--config.data.text_glob='/data/books/*.txt'")
-  if config.init_from:
-    raise ValueError("init_from: starting from another checkpoint needs the checkpoint importer, "
-                     "which this version does not have yet; leave init_from empty")
+  if config.init_from and not epath.Path(config.init_from).is_dir():
+    raise ValueError(f"init_from={config.init_from} is not a directory: point it at the --out of "
+                     "python -m infini_jax.convert or at a training run's WORKDIR/checkpoints")
   if config.optimizer.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer.name {config.optimizer.name!r}; use one of {OPTIMIZERS}")
   accum = config.optimizer.grad_accum

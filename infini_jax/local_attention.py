@@ -93,3 +93,45 @@ def blocked_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax
   vh = jnp.einsum("BSKV->BKSV", v.astype(jnp.float32))
   out = _attend(qh, kh, vh, mask, block)  # [B, K, G, T, V]
   return jnp.einsum("BKGTV->BTKGV", out).reshape(B, T, N, V)
+
+
+# --- The fast path: jax.nn.dot_product_attention (model.attention_impl = "xla"). ---
+# jax 0.10's `implementation=None` always takes XLA's path (its automatic choice is a TODO), so
+# the choice is made here: cuDNN's flash attention where it applies (a GPU, 16-bit q/k/v, head
+# dim a multiple of 8 up to 128), XLA's path elsewhere (CPU, TPU, float32). Both take grouped
+# query heads as they are (N a multiple of K, layout BTNH); neither needs the float32 upcast of
+# the blocked path: logits and softmax run in float32 inside them.
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def uses_cudnn(q: jax.Array) -> bool:
+  """Whether `xla_causal_attention` runs cuDNN flash attention for queries like q [B, T, N, H]."""
+  H = q.shape[-1]
+  return (jax.default_backend() == "gpu" and q.dtype in CUDNN_DTYPES and H % 8 == 0
+          and H <= 128)
+
+
+def xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                         mask: jax.Array | None) -> jax.Array:
+  """`blocked_causal_attention` through jax.nn.dot_product_attention: same shapes and outputs.
+
+  q [B, T, N, H], k [B, S, K, H], v [B, S, K, V] (V = H), mask [B, S] -> [B, T, N, V] float32.
+  cuDNN takes padding only as per-row lengths (a mask would have to be a full [T, S] bias), so
+  there the key mask is read as right padding, its count of True: what the segment scan (a
+  partial last segment), the data windows and the evaluators produce. XLA's path takes the
+  mask as it is. Rows of padded queries differ between paths; every caller ignores them.
+  """
+  k, v = k.astype(q.dtype), v.astype(q.dtype)
+  if uses_cudnn(q):
+    lengths = None
+    if mask is not None:  # at least 1: a query row with no key would be undefined
+      lengths = jnp.maximum(mask.sum(-1), 1).astype(jnp.int32)  # [B]
+    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, key_value_seq_lengths=lengths,
+                                       implementation="cudnn")
+  else:
+    key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+    out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=True)
+  return out.astype(jnp.float32)
+
+
+IMPLEMENTATIONS = {"blocked": blocked_causal_attention, "xla": xla_causal_attention}

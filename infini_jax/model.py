@@ -21,7 +21,9 @@ from flax import nnx
 
 from infini_jax import sharding as sh
 from infini_jax import memories
+from infini_jax import rope as ropelib
 from infini_jax.attention import InfiniAttention, param
+from infini_jax.local_attention import IMPLEMENTATIONS
 from infini_jax.memories import MEMORIES
 from infini_jax.memory import RULES, CompressiveMemory
 
@@ -31,6 +33,7 @@ REMAT_POLICIES: dict[str, Any] = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION_IMPLS = tuple(IMPLEMENTATIONS)
 ACTIVATION = (sh.BATCH, sh.LENGTH, None)  # block boundaries: split over the batch only
 
 
@@ -58,11 +61,21 @@ class ModelConfig:
   rule: str = "linear"
   gate_init: float = 0.0
   rope_theta: float = 10_000.0
+  # RoPE frequency rescaling (infini_jax/rope.py): "none", or "llama3" as in Llama 3.1 and 3.2.
+  rope_scaling: str = "none"
+  rope_scaling_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
   norm_eps: float = 1e-5
   tie_embeddings: bool = False
   dtype: str = "float32"  # compute dtype; memory math, softmax, gate and loss stay float32
   param_dtype: str = "float32"
   remat: str = "full"
+  # Causal attention inside a segment (infini_jax/local_attention.py): "blocked" (query blocks
+  # over their key prefix; fastest on CPU) or "xla" (jax.nn.dot_product_attention: cuDNN flash
+  # attention on GPU in bfloat16/float16, XLA's path elsewhere).
+  attention_impl: str = "blocked"
   # The baselines' settings (infini_jax/memories): memorizing's store entries per head or
   # compressive's compressed slots; memorizing's top-k and kNN layer (-1: 3/4 deep); compressive's
   # rate; RMT's memory tokens.
@@ -82,6 +95,9 @@ class ModelConfig:
                        f"got {self.dtype!r}, {self.param_dtype!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown model.remat {self.remat!r}; use one of {tuple(REMAT_POLICIES)}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"unknown model.attention_impl {self.attention_impl!r}; use one of "
+                       f"{ATTENTION_IMPLS}")
     if self.memory not in MEMORIES:
       raise ValueError(f"unknown model.memory {self.memory!r}; use one of {MEMORIES}")
     if self.rule not in RULES:
@@ -89,6 +105,7 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
                        f"model.num_kv_heads={self.num_kv_heads}")
+    ropelib.scaling_of(self)  # raises on an unknown model.rope_scaling
     if self.memory == "rmt" and self.memory_tokens < 1:
       raise ValueError("memory=rmt needs model.memory_tokens >= 1 (the paper's RMT uses 100s)")
     if self.memory == "memorizing" and not 0 <= memories.knn_layer(self) < self.num_layers:
@@ -147,7 +164,8 @@ class Block(nnx.Module):
         cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
         memory=memories.for_layer(cfg, index),
         rule=cfg.rule, gate_init=cfg.gate_init, rope_theta=cfg.rope_theta, dtype=dtype,
-        param_dtype=param_dtype, rngs=rngs)
+        param_dtype=param_dtype, rope_scaling=ropelib.scaling_of(cfg),
+        attention_impl=cfg.attention_impl, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     self.mlp = MLP(cfg.d_model, cfg.mlp_dim, dtype, param_dtype, rngs)
 

@@ -21,7 +21,7 @@ from infini_jax import config as configlib
 from infini_jax import evaluate, metrics
 from infini_jax import sharding as sh
 from infini_jax import state as statelib
-from infini_jax.checkpoint import Checkpointer
+from infini_jax.checkpoint import Checkpointer, restore_init_params
 from infini_jax.data import pipeline
 
 
@@ -76,6 +76,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       _print(f"resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
     else:
       state, start = setup.init(jax.random.key(config.seed)), 0
+      if config.init_from:  # continual pre-training: a converted LLM's or another run's weights
+        state["params"], note = restore_init_params(config.init_from, state["params"])
+        # Optimizer state from the restored values (Adam's moments are zeros either way).
+        state["opt_state"] = jax.jit(setup.tx.init, out_shardings=setup.state_shardings[
+            "opt_state"])(state["params"])
+        _print(note, flush=True)
     return _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, writer)
 
 
