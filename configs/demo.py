@@ -1,7 +1,8 @@
 """The embedded default: a small Infini-Transformer on the Python standard library's sources.
 
 Needs no download: the corpus is the running interpreter's own stdlib, byte-level tokens.
-About 10 minutes on 2 CPU cores; held-out perplexity falls from ~259 (uniform bytes) to ~3-4.
+About 9 minutes on 2 CPU cores (8m41s measured, make train included); held-out perplexity
+falls from 404 (untrained) to 4.55 per byte.
 
   python train.py --config=configs/demo.py --workdir=runs/demo
   python train.py --config=configs/demo.py:runlocal --workdir=runs/demo_quick   # a 1-minute run
