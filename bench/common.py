@@ -1,7 +1,14 @@
-"""Shared measuring tools for the benchmarks: a matmul peak, timing, compiled memory, output."""
+"""Shared measuring tools for the benchmarks: a matmul peak, timing, compiled memory, output.
+
+These machines are shared and noisy: every comparison is timed side by side in one process
+(`interleaved`: round-robin, best of each), and a peak used for MFU is measured right before and
+right after the timed section (`Bracket`), reporting both.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -10,6 +17,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+# glibc malloc settings that keep freed large buffers mapped, so a step's big temporaries are not
+# fresh (page-faulting) mmaps every time. MALLOC_ARENA_MAX=1 is the one that makes the others
+# apply to XLA, whose worker threads would otherwise allocate from per-thread arenas, where
+# large requests are always mmapped. See bench/malloc.py for what they are worth here.
+MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "4294967296",
+              "MALLOC_TRIM_THRESHOLD_": "68719476736", "MALLOC_TOP_PAD_": "1073741824"}
 
 OUT_DIR = os.environ.get("BENCH_OUT", os.path.join(os.path.dirname(__file__), "out"))
 
@@ -25,19 +40,197 @@ def time_call(fn: Callable, *args, repeats: int = 3) -> float:
   return best
 
 
-def matmul_peak_flops(n: int = 2048, dtype=jnp.float32) -> float:
+def matmul_peak_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
   """XLA's float32 matmul throughput on this machine (FLOP/s): the denominator of MFU."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   reps = 8
   f = jax.jit(lambda a, b: sum(jnp.dot(a + i, b) for i in range(reps)))
-  return reps * 2 * n ** 3 / time_call(f, a, b, repeats=5)
+  return reps * 2 * n ** 3 / time_call(f, a, b, repeats=repeats)
+
+
+class PeakProbe:
+  """A quick matmul peak (about half a second): 4 products of 2048 x 2048, best of 2 calls,
+  compiled once, so that it can be measured between every two timed steps."""
+
+  def __init__(self, n: int = 2048, dtype=jnp.float32):
+    self.flops = 4 * 2 * n ** 3
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: sum(jnp.dot(a + i, b) for i in range(4)))
+    self._run = lambda: f(a, b)
+    jax.block_until_ready(self._run())
+
+  def __call__(self) -> float:
+    return self.flops / min(_timed(self._run) for _ in range(2))
+
+
+def _timed(fn: Callable) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+@dataclasses.dataclass
+class Bracket:
+  """The matmul peak measured right before and right after a timed section:
+  `with Bracket() as b: ...`, then b.peak (the higher: the machine was at least that fast)."""
+
+  before: float = 0.0
+  after: float = 0.0
+
+  def __enter__(self):
+    self._probe = PeakProbe()
+    self.before = self._probe()
+    return self
+
+  def __exit__(self, *exc):
+    self.after = self._probe()
+
+  @property
+  def peak(self) -> float:
+    return max(self.before, self.after)
+
+  @property
+  def spread(self) -> float:
+    """|before - after| / max: how much the machine's speed moved during the section."""
+    return abs(self.before - self.after) / self.peak
+
+  def as_dict(self) -> dict:
+    return dict(peak_flops=self.peak, peak_before=self.before, peak_after=self.after,
+                peak_spread=self.spread)
+
+
+def bracketed(runs: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, dict]:
+  """Times each callable `rounds` times, round-robin, with the matmul peak measured between every
+  two timed calls, so that each call has a peak right before and right after it.
+
+  Per run: its best call's time and that call's bracketing peaks (`peak_flops` the higher of
+  the two, `peak_spread` their difference relative to it), and `best_peak_flops`, the highest
+  peak seen during the whole measurement (the conservative denominator). Warm up first.
+  """
+  probe = PeakProbe()
+  samples = {name: [] for name in runs}
+  peaks = [probe()]
+  for _ in range(rounds):
+    for name, fn in runs.items():
+      seconds = _timed(fn)
+      peaks.append(probe())
+      samples[name].append((peaks[-2], seconds, peaks[-1]))
+  out = {}
+  for name, rows in samples.items():
+    before, seconds, after = min(rows, key=lambda r: r[1])
+    out[name] = dict(step_s=seconds, peak_before=before, peak_after=after,
+                     peak_flops=max(before, after),
+                     peak_spread=abs(before - after) / max(before, after),
+                     best_peak_flops=max(peaks), samples=rows)
+  return out
+
+
+def interleaved(runs: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, float]:
+  """Best wall time of each zero-argument callable, timed round-robin `rounds` times.
+
+  Round-robin puts the runs of every variant close together in time, so a burst of load from
+  another process hits them alike; the best time is the least disturbed one. Warm up first.
+  """
+  best = {name: float("inf") for name in runs}
+  for _ in range(rounds):
+    for name, fn in runs.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      best[name] = min(best[name], time.perf_counter() - start)
+  return best
+
+
+def available_bytes() -> int:
+  """MemAvailable of this machine (Linux), or 16 GiB when unknown."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return 16 * 2**30
+
+
+class TrainStep:
+  """The real training step (infini_jax.state.build: AdamW, donated state) of one model preset,
+  compiled for one (batch, length) on one device; `planned_bytes` before anything is allocated.
+
+    step = TrainStep("demo", seq_len=8192, memory="xl")
+    if step.planned_bytes < budget:
+      step.allocate(); step()   # one optimizer step on random tokens
+  """
+
+  def __init__(self, preset: str, seq_len: int, batch: int = 1, memory: str = "infini",
+               **model_overrides):
+    from infini_jax import config as configlib
+    from infini_jax import sharding as sh
+    from infini_jax import state as statelib
+
+    c = configlib.defaults(preset, memory=memory, **model_overrides)
+    if memory == "full":
+      c.model.segment_len = seq_len  # one segment: ordinary causal attention
+    c.seq_len, c.batch_size = seq_len, batch
+    c.train.steps = 10**6  # the schedule's length; no warm-up effects on the timing
+    self.model_cfg = configlib.validate(c, device_count=1)
+    self.mesh = sh.make_mesh(c.mesh, jax.devices()[:1])
+    self.setup = statelib.build(c, self.model_cfg, self.mesh)
+    self.tokens = batch * seq_len
+    self._ctx = lambda: _contexts(self.mesh, sh.use_rules(self.setup.rules))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, seq_len + 1)).astype(np.int32)
+    self._host_batch = dict(inputs=x[:, :-1], targets=x[:, 1:],
+                            mask=np.ones((batch, seq_len), bool))
+    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.setup.batch_sharding)
+                      for k, v in self._host_batch.items()}
+    with self._ctx():
+      lowered = self.setup.train_step.lower(self.setup.abstract_state, abstract_batch)
+      self.compiled = lowered.compile()
+    m = self.compiled.memory_analysis()
+    self.planned_bytes = int(m.argument_size_in_bytes + m.output_size_in_bytes +
+                             m.temp_size_in_bytes - m.alias_size_in_bytes)
+    self.state = self.batch = None
+
+  def allocate(self, seed: int = 0) -> "TrainStep":
+    with self._ctx():
+      self.state = self.setup.init(jax.random.key(seed))
+      self.batch = self.setup.global_batch(self._host_batch)
+    return self
+
+  def __call__(self):
+    self.state, metrics = self.compiled(self.state, self.batch)
+    return metrics
+
+  def release(self):
+    self.state = self.batch = None
+
+
+def _contexts(mesh, rules_ctx):
+  stack = contextlib.ExitStack()
+  stack.enter_context(jax.set_mesh(mesh))
+  stack.enter_context(rules_ctx)
+  return stack
 
 
 def compiled_bytes(jitted, *args) -> int:
   """Peak bytes XLA plans for one call: arguments + outputs + temporaries."""
   m = jitted.lower(*args).compile().memory_analysis()
   return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
+def out_path(filename: str) -> str:
+  os.makedirs(OUT_DIR, exist_ok=True)
+  return os.path.join(OUT_DIR, filename)
+
+
+def pyplot():
+  """matplotlib's pyplot on the Agg backend (no display needed)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
 
 
 def write(name: str, result: dict) -> str:

@@ -13,7 +13,7 @@
 Model: the `tiny` preset (configs/models.py) with random weights: neither memory nor time
 depends on the weights' values.
 
-  python -m bench.stream            # writes bench/out/stream.json
+  python -m bench.stream            # writes bench/out/stream.json and stream.png
 """
 
 from __future__ import annotations
@@ -119,6 +119,35 @@ def main():
         f"{far['seconds_per_token'] * 1e3:.3f} ms -> ratio {time_ratio:.3f} (target <= 1.2); "
         f"1M-token context fed in {far['feed_seconds']:.1f} s")
   print("wrote", common.write("stream", result))
+  plot(result, common.out_path("stream.png"))
+
+
+def plot(result: dict, path: str) -> None:
+  """Peak memory of streaming evaluation, and time per generated token, against the context."""
+  plt = common.pyplot()
+  fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+  evals = [result["eval_32k"], result["eval_1m"]]
+  left.plot([e["tokens"] for e in evals], [e["peak_rss_bytes"] / 2**20 for e in evals], "o-",
+            color="tab:blue")
+  left.set_ylim(0, 1.5 * max(e["peak_rss_bytes"] for e in evals) / 2**20)
+  left.set_title(f"streaming eval: peak RSS, 1M/32K = "
+                 f"{result['eval_peak_rss_ratio_1m_over_32k']:.2f}", fontsize=9)
+  left.set_ylabel("peak resident memory (MiB)")
+  left.set_xlabel("document length (tokens)")
+  gens = [result["generate_1k"], result["generate_1m"]]
+  right.plot([g["context"] for g in gens], [g["seconds_per_token"] * 1e3 for g in gens], "o-",
+             color="tab:orange")
+  right.set_ylim(0, 1.5 * max(g["seconds_per_token"] for g in gens) * 1e3)
+  right.set_title(f"generation: time per token, 1M/1K = "
+                  f"{result['time_per_token_ratio_1m_over_1k']:.2f}", fontsize=9)
+  right.set_ylabel("ms per generated token")
+  right.set_xlabel("context before generating (tokens)")
+  for ax in (left, right):
+    ax.set_xscale("log", base=2)
+    ax.grid(True, which="both", alpha=0.3)
+  fig.suptitle("tiny preset, batch 1: flat is the target", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

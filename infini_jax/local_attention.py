@@ -18,6 +18,7 @@ variant that recomputed them keys-major to avoid XLA's transposes of [K, bq, S] 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -122,13 +123,17 @@ def xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   mask as it is. Rows of padded queries differ between paths; every caller ignores them.
   """
   k, v = k.astype(q.dtype), v.astype(q.dtype)
+  out = None
   if uses_cudnn(q):
     lengths = None
     if mask is not None:  # at least 1: a query row with no key would be undefined
       lengths = jnp.maximum(mask.sum(-1), 1).astype(jnp.int32)  # [B]
-    out = jax.nn.dot_product_attention(q, k, v, is_causal=True, key_value_seq_lengths=lengths,
-                                       implementation="cudnn")
-  else:
+    try:  # cuDNN's own checks run here, at trace time: its version, the GPU, the shapes
+      out = jax.nn.dot_product_attention(q, k, v, is_causal=True, key_value_seq_lengths=lengths,
+                                         implementation="cudnn")
+    except (NotImplementedError, RuntimeError, ValueError) as e:
+      warnings.warn(f"cuDNN flash attention is not available here ({e}); using XLA's attention")
+  if out is None:
     key_mask = None if mask is None else mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
     out = jax.nn.dot_product_attention(q, k, v, mask=key_mask, is_causal=True)
   return out.astype(jnp.float32)

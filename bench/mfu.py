@@ -1,0 +1,129 @@
+"""Model-FLOPs utilisation of the training step against XLA's matmul peak, measured alongside.
+
+Workloads:
+  demo        the demo experiment's training step (configs/demo.py: batch 8 x 512 tokens, segment
+              128; infini_jax.state.build's jitted step: forward, backward, AdamW), remat `full`
+              (the preset's) and `dots`, attention_impl `blocked` and `xla`
+  layer       bench/layer.py's shape: one Infini-attention layer, d_model 512, 8 heads of 64,
+              segment 1024, 8192 tokens, forward + backward, remat `full` and `dots`
+
+FLOPs (2 per multiply-add, matmuls only, written out in ModelConfig.flops_per_token and
+bench/layer.flops_per_token), per token, forward:
+  model   L·[2·D·(N·H + 2·K·H) + 2·N·H·D  +  4·T·N·H  +  4·N·H·H + 4·N·H  +  6·D·F] + 2·D·W
+          (projections q, k, v, o; segment attention as the full T x T square; memory read and
+          write; SwiGLU; unembedding)
+  layer   2·D·3·N·H + 2·N·H·D + 4·T·N·H + 4·N·H·H + 4·N·H
+training = 3 x forward. Rematerialisation's recomputed forward is not counted (MFU, not HFU): with
+remat `full` the hardware runs 4 x forward, so HFU = 4/3 MFU.
+
+The peak is XLA's float32 matmul throughput (common.PeakProbe: 2048 x 2048 products), measured
+between every two timed steps; the workloads are timed round-robin (common.bracketed). For each,
+the best step and the peaks right before and after it: MFU uses the higher of the two, and their
+spread is reported (on a shared machine it says how far to trust the figure). Also reported:
+MFU against the highest peak seen during the whole run (conservative). Target: MFU >= 60%.
+
+  python -m bench.mfu                # writes bench/out/mfu.json and mfu.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bench import common
+from bench import layer as layerbench
+from infini_jax.attention import InfiniAttention
+
+TARGET = 0.6
+
+
+def demo_step(**overrides):
+  step = common.TrainStep("demo", 512, batch=8, **overrides).allocate()
+  return step, step.tokens, 3 * step.model_cfg.flops_per_token()
+
+
+def layer_step(remat: str):
+  m = InfiniAttention(layerbench.D, layerbench.N, layerbench.N, layerbench.H, memory="infini",
+                      rngs=nnx.Rngs(0))
+  params, run = layerbench.scanned(m, layerbench.T, remat)
+  x = jax.random.normal(jax.random.key(1), (layerbench.B, layerbench.L, layerbench.D))
+  f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1)))
+  return (lambda: f(params, x)), layerbench.B * layerbench.L, 3 * layerbench.flops_per_token(
+      layerbench.T, memory=True)
+
+
+WORKLOADS = {
+    "demo, remat full, blocked": lambda: demo_step(),
+    "demo, remat dots, blocked": lambda: demo_step(remat="dots"),
+    "demo, remat full, xla attention": lambda: demo_step(attention_impl="xla"),
+    "layer, remat full": lambda: layer_step("full"),
+    "layer, remat dots": lambda: layer_step("dots"),
+}
+QUICK = ("demo, remat full, blocked", "layer, remat full")
+
+
+def measure(names, rounds: int) -> list[dict]:
+  built = {}
+  for name in names:
+    fn, tokens, flops_per_token = WORKLOADS[name]()
+    jax.block_until_ready(fn())  # compile and first touch
+    jax.block_until_ready(fn())
+    built[name] = (fn, tokens, flops_per_token)
+  timings = common.bracketed({name: b[0] for name, b in built.items()}, rounds)
+  rows = []
+  for name, (fn, tokens, flops_per_token) in built.items():
+    t = timings[name]
+    achieved = tokens * flops_per_token / t["step_s"]
+    rows.append(dict(name=name, tokens_per_s=tokens / t["step_s"], train_flops_per_token=
+                     flops_per_token, achieved_flops=achieved, mfu=achieved / t["peak_flops"],
+                     conservative_mfu=achieved / t["best_peak_flops"], **t))
+  return rows
+
+
+def plot(rows: list[dict], path: str) -> None:
+  plt = common.pyplot()
+  fig, ax = plt.subplots(figsize=(7, 3.9))
+  y = range(len(rows))
+  ax.barh([i - 0.2 for i in y], [r["mfu"] for r in rows], height=0.4, color="tab:blue",
+          label="vs the peak around its best step")
+  ax.barh([i + 0.2 for i in y], [r["conservative_mfu"] for r in rows], height=0.4,
+          color="tab:gray", label="vs the best peak of the run")
+  for i, r in enumerate(rows):
+    ax.text(r["mfu"] + 0.01, i - 0.2, f"{r['mfu']:.0%} (peak spread {r['peak_spread']:.0%})",
+            va="center", fontsize=7)
+    ax.text(r["conservative_mfu"] + 0.01, i + 0.2, f"{r['conservative_mfu']:.0%}", va="center",
+            fontsize=7)
+  ax.axvline(TARGET, color="tab:red", ls="--", label="target 60%")
+  ax.set_yticks(list(y), [r["name"] for r in rows], fontsize=8)
+  ax.invert_yaxis()
+  ax.set_xlim(0, 1)
+  ax.set_xlabel("training MFU against XLA's float32 matmul peak")
+  fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7,
+             frameon=False)
+  fig.tight_layout(rect=(0, 0.07, 1, 1))
+  fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="the default settings only")
+  parser.add_argument("--rounds", type=int, default=4, help="timed calls of each (best of)")
+  args = parser.parse_args(argv)
+  names = QUICK if args.quick else tuple(WORKLOADS)
+  rows = measure(names, args.rounds)
+  for r in rows:
+    print(f"{r['name']:32s} {r['tokens_per_s']:7.0f} tok/s {r['achieved_flops'] / 1e9:6.1f} "
+          "GFLOP/s;"
+          f" peak around its best step {r['peak_before'] / 1e9:.0f} -> {r['peak_after'] / 1e9:.0f} "
+          f"GFLOP/s (spread {r['peak_spread']:.0%}): MFU {r['mfu']:.1%}; against the run's best "
+          f"peak {r['best_peak_flops'] / 1e9:.0f}: {r['conservative_mfu']:.1%}", flush=True)
+  path = common.write("mfu", dict(target=TARGET, rows=rows))
+  plot(rows, common.out_path("mfu.png"))
+  print("wrote", path, "and mfu.png")
+
+
+if __name__ == "__main__":
+  main()
