@@ -3,7 +3,8 @@
 Each benchmark runs in its own process (so one's memory never weighs on the next) with
 BENCH_OUT pointing at the output folder (bench/out, or $BENCH_OUT). At the end the headline
 figures are read back from the JSON files and printed, and run_all.json records what ran, how
-long it took and whether it failed. About 20 minutes on 2 CPU cores; `--quick` about 8.
+long it took and whether it failed. About 20 minutes on 2 idle CPU cores (more when other jobs
+share them); `--quick` about 10.
 
   python -m bench.run_all                      # everything
   python -m bench.run_all --quick              # smaller sweeps
