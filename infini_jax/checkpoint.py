@@ -36,15 +36,20 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
     self.manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any, step: int | None = None,
-              with_data: bool = True) -> tuple[Any, dict | None]:
-    """(state, data_state) of `step` (default: the latest) into the shapes of abstract_state."""
+  def _existing_step(self, step: int | None) -> int:
+    """`step`, or the latest one when None; a clear error when there is no such checkpoint."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (python train.py)")
     if step not in self.manager.all_steps():
       raise FileNotFoundError(
           f"no checkpoint for step {step} in {self.directory}; have {self.manager.all_steps()}")
+    return step
+
+  def restore(self, abstract_state: Any, step: int | None = None,
+              with_data: bool = True) -> tuple[Any, dict | None]:
+    """(state, data_state) of `step` (default: the latest) into the shapes of abstract_state."""
+    step = self._existing_step(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
     if has_data:
@@ -59,12 +64,7 @@ class Checkpointer:
     A checkpoint of a model of another shape raises a ValueError that names the first array
     that differs, before anything is read.
     """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (python train.py)")
-    if step not in self.manager.all_steps():
-      raise FileNotFoundError(
-          f"no checkpoint for step {step} in {self.directory}; have {self.manager.all_steps()}")
+    step = self._existing_step(step)
     path = epath.Path(self.directory) / str(step) / "state"
     stored = ocp.PyTreeCheckpointHandler().metadata(path).tree["params"]
     _check_shapes(stored, abstract_params, f"checkpoint in {self.directory}")
