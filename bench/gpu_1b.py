@@ -38,6 +38,40 @@ def chip_peak(kind: str) -> float | None:
   return next((peak for name, peak in CHIP_PEAKS if name.lower() in kind.lower()), None)
 
 
+def check_cudnn(seed: int = 0) -> dict:
+  """cuDNN's flash attention (attention_impl="xla" on a GPU, bfloat16) against the blocked path on
+  the 1b preset's attention shape (one segment of 2048, 32 query heads over 8 kv heads, head 64):
+  outputs and q/k/v gradients, with right padding. Prints and returns the largest differences."""
+  from infini_jax.local_attention import IMPLEMENTATIONS, uses_cudnn
+  B, T, N, K, H = 2, 2048, 32, 8, 64
+  keys = jax.random.split(jax.random.key(seed), 4)
+  q = jax.random.normal(keys[0], (B, T, N, H), jnp.bfloat16)
+  k = jax.random.normal(keys[1], (B, T, K, H), jnp.bfloat16)
+  v = jax.random.normal(keys[2], (B, T, K, H), jnp.bfloat16)
+  w = jax.random.normal(keys[3], (B, T, N, H))
+  mask = jnp.arange(T)[None, :] < jnp.array([[T], [T - 300]])
+  real = mask[:, :, None, None]
+
+  def loss(impl, q, k, v):
+    out = IMPLEMENTATIONS[impl](q, k, v, mask)
+    return jnp.sum(jnp.where(real, out * w, 0.0)), out
+
+  def run(impl):
+    return jax.jit(jax.value_and_grad(lambda *a: loss(impl, *a), (0, 1, 2), has_aux=True))(q, k, v)
+
+  (_, out_x), g_x = run("xla")
+  (_, out_b), g_b = run("blocked")
+  rel = lambda a, b: float(jnp.max(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32))) /
+                           jnp.max(jnp.abs(b.astype(jnp.float32))))
+  result = dict(uses_cudnn=uses_cudnn(q),
+                out_max_rel_diff=rel(jnp.where(real, out_x, 0), jnp.where(real, out_b, 0)),
+                grad_max_rel_diff=max(rel(a, b) for a, b in zip(g_x, g_b)))
+  print(f"cuDNN check: used {result['uses_cudnn']}; largest difference from the blocked path, "
+        f"relative to its largest value: outputs {result['out_max_rel_diff']:.2e}, gradients "
+        f"{result['grad_max_rel_diff']:.2e} (bfloat16 inputs)", flush=True)
+  return result
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--seq_len", type=int, default=32768)
@@ -60,6 +94,7 @@ def main(argv=None):
              f"({device.device_kind}). Run it on a GPU machine with jax[cuda12] installed, or "
              "pass --smoke to check the construction on this machine.")
 
+  check = None if args.smoke or args.attention_impl != "xla" else check_cudnn()
   start = time.perf_counter()
   step = common.TrainStep("1b", args.seq_len, batch=args.batch, **overrides)
   compile_s = time.perf_counter() - start
@@ -89,7 +124,7 @@ def main(argv=None):
       train_flops_per_token=3 * cfg.flops_per_token(), achieved_flops=flops / seconds,
       chip_peak_flops=peak, mfu=flops / seconds / peak if peak else None,
       measured_matmul_peak_flops=measured, mfu_vs_measured=flops / seconds / measured,
-      loss=loss, target=TARGET)
+      loss=loss, target=TARGET, cudnn_check=check)
   stats = getattr(device, "memory_stats", lambda: None)() or {}
   if "peak_bytes_in_use" in stats:
     result["peak_bytes_in_use"] = stats["peak_bytes_in_use"]

@@ -84,6 +84,13 @@ class ModelConfig:
   knn_layer: int = -1
   compress_rate: int = 4
   memory_tokens: int = 0
+  # Beyond the paper, off by default (docs/RESULTS.md measures them on passkey retrieval):
+  # token_shift: the input of token t also gets the embeddings of tokens t-1..t-S (S =
+  # token_shift), each with a learned per-channel weight, carried across segments in the state,
+  # so that a key written to memory can say what came before it (a one-layer induction key).
+  # memory_scale: a learned per-head scale on q and k before σ (InfiniAttention.memory_qk).
+  token_shift: int = 0
+  memory_scale: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -106,6 +113,11 @@ class ModelConfig:
       raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
                        f"model.num_kv_heads={self.num_kv_heads}")
     ropelib.scaling_of(self)  # raises on an unknown model.rope_scaling
+    if self.token_shift < 0:
+      raise ValueError(f"model.token_shift must be >= 0; got {self.token_shift}")
+    if self.memory_scale and self.memory != "infini":
+      raise ValueError(f"model.memory_scale scales the compressive memory's q and k: it needs "
+                       f"memory='infini', not {self.memory!r}")
     if self.memory == "rmt" and self.memory_tokens < 1:
       raise ValueError("memory=rmt needs model.memory_tokens >= 1 (the paper's RMT uses 100s)")
     if self.memory == "memorizing" and not 0 <= memories.knn_layer(self) < self.num_layers:
@@ -195,9 +207,12 @@ class InfiniTransformer(nnx.Module):
     self.cfg = cfg
     self.dtype = DTYPES[cfg.dtype]
     param_dtype = DTYPES[cfg.param_dtype]
-    # Embedding rows have unit scale: the input of the first norm, not of a matmul.
+    # Embedding rows have unit scale: the input of the first norm, not of a matmul. Tied, they
+    # are also the unembedding, whose logits would then start at std sqrt(D) (a loss of ~45 for
+    # the 1b preset): scaled by D^-1/2, the first loss is near log(vocab) either way.
+    scale = cfg.d_model ** -0.5 if cfg.tie_embeddings else 1.0
     self.embed = nnx.Param(
-        jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
+        scale * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
         sharding=(sh.VOCAB, sh.EMBED), eager_sharding=False)
     self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.num_layers)])
     if cfg.memory == "rmt":
@@ -205,6 +220,10 @@ class InfiniTransformer(nnx.Module):
       self.memory_init = nnx.Param(
           jax.random.normal(rngs.params(), (cfg.memory_tokens, cfg.d_model), param_dtype),
           sharding=(None, sh.EMBED), eager_sharding=False)
+    if cfg.token_shift:
+      # Weight of the embedding of token t-1-j in the input of token t, per channel.
+      self.shift_mix = nnx.Param(jnp.ones((cfg.token_shift, cfg.d_model), param_dtype),
+                                 sharding=(None, sh.EMBED), eager_sharding=False)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,
@@ -212,12 +231,15 @@ class InfiniTransformer(nnx.Module):
 
   def init_state(self, batch: int) -> tuple:
     """The empty state: one entry per layer (a CompressiveMemory, an XL cache, ..., or None),
-    then, for RMT only, the memory tokens [B, p, D]."""
-    layers = tuple(block.attn.init_state(batch) for block in self.blocks)
-    if self.cfg.memory != "rmt":
-      return layers
-    tokens = jnp.broadcast_to(self.memory_init[...], (batch,) + self.memory_init.shape)
-    return layers + (tokens.astype(self.dtype),)
+    then, for RMT only, the memory tokens [B, p, D], then, with token_shift S, the last S token
+    ids [B, S] int32 (0 before the first token)."""
+    state = tuple(block.attn.init_state(batch) for block in self.blocks)
+    if self.cfg.memory == "rmt":
+      tokens = jnp.broadcast_to(self.memory_init[...], (batch,) + self.memory_init.shape)
+      state += (tokens.astype(self.dtype),)
+    if self.cfg.token_shift:
+      state += (jnp.zeros((batch, self.cfg.token_shift), jnp.int32),)
+    return state
 
   def state_size(self, batch: int = 1) -> int:
     """Numbers the state carries between segments for `batch` sequences (masks not counted)."""
@@ -235,24 +257,35 @@ class InfiniTransformer(nnx.Module):
 
   def segment(self, tokens: jax.Array, state: tuple, mask: jax.Array):
     """The whole stack on one segment: tokens [B, T], mask [B, T] -> (hidden [B, T, D], state)."""
+    layers, extra = state[:self.cfg.num_layers], list(state[self.cfg.num_layers:])
     x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
     T = x.shape[1]
+    shifted = []
+    if self.cfg.token_shift:
+      S = self.cfg.token_shift
+      prev = extra.pop()  # [B, S]: the tokens before this segment
+      ids = jnp.concatenate([prev, tokens], axis=1)  # [B, S + T]
+      for j in range(S):  # token t gets token t-1-j
+        e = jnp.take(self.embed[...], ids[:, S - 1 - j:S - 1 - j + T], axis=0)  # [B, T, D]
+        x = x + (e * self.shift_mix[j]).astype(self.dtype)
+      # Padded tokens (mask False) only come at a stream's end, so the last S ids are carried.
+      shifted = [ids[:, -S:]]
     if self.cfg.memory == "rmt":
       # RMT: the memory tokens are read before the segment and written after it; the outputs of
       # the write tokens are the next segment's memory, the only path between segments.
-      read = state[-1]  # [B, p, D]
+      read = extra.pop()  # [B, p, D]
       x = jnp.concatenate([read, x, read], axis=1)  # [B, p + T + p, D]
       p = read.shape[1]
       mask = jnp.pad(mask, [(0, 0), (p, p)], constant_values=True)
     new_state = []
-    for block, layer_state in zip(self.blocks, state):
+    for block, layer_state in zip(self.blocks, layers):
       x = sh.constrain(x, ACTIVATION)
       x, layer_state = block(x, layer_state, mask)
       new_state.append(constrain_state(layer_state))
     if self.cfg.memory == "rmt":
       x, written = x[:, p:p + T], x[:, p + T:]
       new_state.append(written)
-    return sh.constrain(x, ACTIVATION), tuple(new_state)
+    return sh.constrain(x, ACTIVATION), tuple(new_state + shifted)
 
   def __call__(self, tokens: jax.Array, state: tuple | None = None,
                mask: jax.Array | None = None):
