@@ -102,9 +102,28 @@ class InfiniAttention(nnx.Module):
       # small steps near 0 and 1.
       self.gate = nnx.Param(jnp.full((N,), gate_init, jnp.float32), sharding=(sh.HEADS,),
                             eager_sharding=False)
+    if getattr(memory, "scaled", False):
+      # log of the scale on q and k before σ, per key/value head, float32 like the gate.
+      self.memory_scale = nnx.Param(jnp.zeros((K,), jnp.float32), sharding=(sh.KV_HEADS,),
+                                    eager_sharding=False)
 
   def init_state(self, batch: int):
     return self.segment_memory.init_state(batch)
+
+  def memory_qk(self, q: jax.Array | None, k: jax.Array | None):
+    """The q [B, T, N, H] and k [B, T, K, H] that the memory reads and writes with (None: None).
+
+    With model.memory_scale, both are multiplied by exp(s) (s learned per key/value head, 0 at
+    init) before σ. σ = ELU + 1 is positive, so every stored key overlaps every query: a growing
+    scale drives the features of opposite signs towards 0, so a retrieval can stay sharp while
+    unrelated tokens pile up in M and z over a long stream. Without it, q and k as they are.
+    """
+    if not hasattr(self, "memory_scale"):
+      return q, k
+    s = jnp.exp(self.memory_scale[...])  # [K]
+    sq = jnp.repeat(s, self.num_heads // self.num_kv_heads)  # [N]: head n reads kv head n // G
+    scale = lambda x, s: None if x is None else x.astype(jnp.float32) * s[:, None]  # noqa: E731
+    return scale(q, sq), scale(k, s)
 
   def gate_value(self) -> jax.Array:
     """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context."""
@@ -163,7 +182,7 @@ class InfiniAttention(nnx.Module):
     keys = rope(cache.k, self.rope_theta, self.rope_scaling)
     out = cached_attention(self.rope_at(q, q_pos), keys, cache.v, q_pos)
     if isinstance(self.segment_memory, memories.Infini):
-      a_mem = memlib.retrieve(state, q)  # [B, C, N, V] float32
+      a_mem = memlib.retrieve(state, self.memory_qk(q, None)[0])  # [B, C, N, V]
       g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
       out = g * a_mem + (1.0 - g) * out
     y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
@@ -174,7 +193,8 @@ class InfiniAttention(nnx.Module):
     self._check_decodable()
     if isinstance(self.segment_memory, memories.Local):
       return state
-    return memlib.update(state, cache.k, cache.v, self.segment_memory.rule)
+    return memlib.update(state, self.memory_qk(None, cache.k)[1], cache.v,
+                         self.segment_memory.rule)
 
   def _check_decodable(self):
     if not isinstance(self.segment_memory, (memories.Infini, memories.Local)):

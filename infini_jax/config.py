@@ -73,6 +73,8 @@ def parse_arg(arg: str | None, **defaults_) -> ml_collections.ConfigDict:
         raise ValueError(f"config argument {key!r} needs a value: {key}=...")
       out[key] = True
     elif isinstance(default, bool):
+      if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(f"config argument {key}={value!r}: use true or false")
       out[key] = value.lower() in ("1", "true", "yes")
     else:
       out[key] = type(default)(value)

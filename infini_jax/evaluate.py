@@ -7,17 +7,18 @@ passkey sweep); eval.py runs all of them on a saved checkpoint and writes their 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from infini_jax import generate
 from infini_jax.data import passkey, pipeline
 from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
 
@@ -53,14 +54,16 @@ class Perplexity:
       raise ValueError(f"evals.perplexity.chunk_len={chunk_len} must be a multiple of "
                        f"model.segment_len={seg}")
     self.data, self.split, self.segment_len = config.data, split, seg
+    self.seq_len = config.seq_len  # passkey_length 0 is read as "fit the training length"
     self.max_documents, self.max_tokens = max_documents, max_tokens
     self.chunk_len, self.batch_size = chunk_len, batch_size
 
   def documents(self) -> list[np.ndarray]:
+    kwargs = pipeline.builder_kwargs(self.data, self.seq_len)
+    kwargs.pop("tokenizer", None)  # passed on by iter_eval_documents
     docs = list(pipeline.iter_eval_documents(
         self.data.name, self.split, self.data.data_dir, self.data.tokenizer,
-        max_documents=self.max_documents, min_length=2,
-        **pipeline.builder_kwargs(self.data)))
+        max_documents=self.max_documents, min_length=2, **kwargs))
     if not docs:
       raise ValueError(f"no {self.split!r} documents in {self.data.name!r} to evaluate on")
     return [d[: self.max_tokens + 1] if self.max_tokens else d for d in docs]
@@ -145,12 +148,15 @@ class Passkey:
   """Passkey retrieval (the paper's Table 3): a sweep over prompt lengths x key positions.
 
   Each prompt (infini_jax.data.passkey: instruction, filler, "The pass key is 71432. Remember
-  it. ...", filler, "What is the pass key? The pass key is") is streamed through the model
-  `chunk_segments` segments per call, carrying the state, so a 1M-token prompt takes the memory
-  of a short one; the answer is then decoded greedily, as many tokens as " 71432" has, and scored
-  digit by digit and as a whole. `samples` prompts per cell, `batch_size` at a time. Lengths are
-  prompt tokens (without BOS). Metrics: `acc_32K_start` (whole key right) and `digits_32K_start`
-  per cell, and `acc`, `digits` over all cells.
+  it. ...", filler, "What is the pass key? The pass key is"), followed by the answer " 71432", is
+  streamed through the segment scan `chunk_segments` segments per call, carrying the state, so a
+  1M-token prompt takes the memory of a short one. The model's most likely token at each answer
+  position is compared with the answer (teacher forcing): the whole key is right exactly when
+  greedy decoding would produce it, and this works for every memory (the baselines' states have
+  no decoding cache). Digits are scored in place given the right earlier digits. `samples`
+  prompts per cell, `batch_size` at a time. Lengths are prompt tokens (without BOS). Metrics:
+  `acc_32K_start` (whole key right) and `digits_32K_start` per cell, and `acc`, `digits` over
+  all cells.
   """
 
   def __init__(self, config, lengths=PAPER_LENGTHS, positions=POSITIONS, samples: int = 4,
@@ -177,14 +183,14 @@ class Passkey:
 
   def run(self, model: nnx.Module) -> Iterator[tuple[str, float]]:
     check_vocab(self.tokenizer, model)
-    decoder = generate.Decoder(model, self.chunk_segments)
+    scorer = TeacherForced(model, self.chunk_segments)
     batches = -(-self.samples // self.batch_size)
     total = sum(n + 1 for n in self.lengths) * len(self.positions) * batches  # BOS + prompt
     cells = {}
     with tqdm(total=total, unit="tok", unit_scale=True, desc="passkey", leave=False,
               disable=not self.progress) as bar:
       for length, position in itertools.product(self.lengths, self.positions):
-        scores = self._cell(decoder, length, position, bar.update)  # [samples, 2]
+        scores = self._cell(scorer, length, position, bar.update)  # [samples, 2]
         cells[length, position] = scores
         bar.set_postfix_str(f"{length_label(length)} {position}: {scores[:, 1].mean():.0%}")
     for (length, position), scores in cells.items():
@@ -194,18 +200,74 @@ class Passkey:
     yield "acc", float(every[:, 1].mean())
     yield "digits", float(every[:, 0].mean())
 
-  def _cell(self, decoder: generate.Decoder, length: int, position: str, progress) -> np.ndarray:
+  def _cell(self, scorer: "TeacherForced", length: int, position: str, progress) -> np.ndarray:
     """[samples, 2]: (digit accuracy, whole key right) per prompt of one cell."""
     prompts = pipeline.iter_passkey_prompts(length, position, self.samples, self.tokenizer,
                                             self.digits, self.seed)
     scores = []
     while batch := list(itertools.islice(prompts, self.batch_size)):
-      ids, answers = [p for p, _ in batch], [a for _, a in batch]
-      ids += ids[:1] * (self.batch_size - len(ids))  # A fixed batch shape: one compilation.
-      reply = max(len(self.tokenizer.encode(" " + a)) for a in answers)
-      out = generate.generate(decoder, ids, reply, progress=progress)
-      scores += [score_passkey(self.tokenizer.decode(row), a) for row, a in zip(out, answers)]
+      answers = [a for _, a in batch]
+      replies = [self.tokenizer.encode_array(" " + a) for a in answers]
+      rows = [(p, r) for (p, _), r in zip(batch, replies)]
+      rows += rows[:1] * (self.batch_size - len(rows))  # A fixed batch shape: few compilations.
+      predicted = scorer(rows, progress)[:len(answers)]
+      scores += [score_passkey(self.tokenizer.decode(p), a) for p, a in zip(predicted, answers)]
     return np.array(scores, np.float64)
+
+
+class TeacherForced:
+  """The model's most likely next token at the reply positions of prompt + reply rows.
+
+  Rows are streamed through the segment scan in chunks of `chunk_segments` segments, carrying
+  the state: the chunks before the first reply only update the state (no logits), the few
+  segments holding the replies return their argmax. Compiled once per distinct chunk shape.
+  """
+
+  def __init__(self, model: nnx.Module, chunk_segments: int = 16):
+    self.T = model.cfg.segment_len
+    self.chunk_len = chunk_segments * self.T
+    self.model = model
+    graphdef, self.params = nnx.split(model)
+
+    @functools.partial(jax.jit, donate_argnums=1)
+    def consume(params, state, tokens, mask):
+      _, state = nnx.merge(graphdef, params)(tokens, state, mask)
+      return state
+
+    @jax.jit
+    def predict(params, state, tokens, mask):
+      logits, _ = nnx.merge(graphdef, params)(tokens, state, mask)
+      return jnp.argmax(logits, axis=-1).astype(jnp.int32)  # [B, C]
+
+    self._consume, self._predict = consume, predict
+
+  def __call__(self, rows: list[tuple[np.ndarray, np.ndarray]],
+               progress=None) -> list[np.ndarray]:
+    """rows: (prompt ids [P], reply ids [R]) -> per row the predicted reply ids [R]."""
+    seqs = [np.concatenate([p, r]).astype(np.int32) for p, r in rows]
+    B, L = len(seqs), max(len(s) for s in seqs)
+    tokens = np.zeros((B, L), np.int32)
+    mask = np.zeros((B, L), bool)
+    for i, s in enumerate(seqs):
+      tokens[i, :len(s)], mask[i, :len(s)] = s, True
+    # Position t predicts token t + 1: the replies are predicted from positions P - 1 ... P + R - 2.
+    first = min(len(p) for p, _ in rows) - 1
+    tail = first // self.T * self.T  # the segment-aligned start of the part with logits
+    # Copies: init_state may hand out one zeros buffer twice (XL's keys and values), and
+    # `consume` donates every leaf.
+    state = jax.tree.map(jnp.copy, self.model.init_state(B))
+    for start in range(0, tail, self.chunk_len):
+      end = min(start + self.chunk_len, tail)
+      state = self._consume(self.params, state, tokens[:, start:end], mask[:, start:end])
+      if progress:
+        progress(B * (end - start))
+    length = -(-(L - tail) // self.T) * self.T  # whole segments: padded with mask False
+    pad = [(0, 0), (0, tail + length - L)]
+    out = np.asarray(self._predict(self.params, state, np.pad(tokens[:, tail:], pad),
+                                   np.pad(mask[:, tail:], pad)))
+    if progress:
+      progress(B * (L - tail))
+    return [out[i, len(p) - 1 - tail:len(p) - 1 - tail + len(r)] for i, (p, r) in enumerate(rows)]
 
 
 class Gates:

@@ -22,8 +22,10 @@ def schedule(cfg, steps: int) -> optax.Schedule:
 
 
 def is_gate(path) -> bool:
-  """Whether a pytree path (of a pure dict or an nnx.State) leads to a gate β."""
-  return any(getattr(k, "key", getattr(k, "name", None)) == "gate" for k in path)
+  """Whether a pytree path (of a pure dict or an nnx.State) leads to a gate β, or to the other
+  per-head scalar of the memory path, model.memory_scale's log-scale: same rate, no decay."""
+  return any(getattr(k, "key", getattr(k, "name", None)) in ("gate", "memory_scale")
+             for k in path)
 
 
 def param_labels(params):

@@ -171,3 +171,16 @@ def test_bad_inputs_are_one_line_errors_that_say_what_to_do(config, trained, tmp
   typo = tiny_config(config.data.data_dir)
   typo.evals.passkey.samplez = 3
   error(ValueError, "evals.passkey: .*samplez", typo)
+
+
+def test_perplexity_on_passkey_prompts_that_fit_the_training_length(tmp_path, model):
+  """passkey_length 0 ("fit the training window") is read with the config's seq_len."""
+  c = tiny_config(str(tmp_path))
+  c.seq_len = 16 * c.model.segment_len  # 256 tokens: the shortest prompt takes 243
+  c.data.update(name="passkey", passkey_length=0, passkey_examples=4, passkey_eval_examples=2)
+  pipeline.prepare_from_config(c.data, c.seq_len)
+  ev = evaluate.Perplexity(c, split="validation", max_documents=2, chunk_len=32, batch_size=2)
+  docs = ev.documents()
+  assert [len(d) for d in docs] == [c.seq_len + 1] * 2  # BOS + prompt + " " + key + EOS
+  metrics = dict(ev.run(model))
+  assert math.isfinite(metrics["ppl"]) and metrics["tokens"] == 2 * c.seq_len

@@ -253,6 +253,8 @@ def iter_eval_documents(
   `max_documents` are yielded.
   """
   tok = _tokenizer(tokenizer)
+  # Builders that take the tokenizer (passkey: lengths in tokens) get the one named here.
+  builder_kwargs = {k: tokenizer if k == "tokenizer" else v for k, v in builder_kwargs.items()}
   documents = sources.load_source(name, split, data_dir, **builder_kwargs)
   yielded = 0
   for text in documents:

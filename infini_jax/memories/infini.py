@@ -18,11 +18,14 @@ class Infini:
   K: int
   H: int
   rule: str
+  # model.memory_scale: a learned per-key/value-head scale on q and k before σ (see
+  # InfiniAttention.memory_qk); off (the paper's σ(q), σ(k)) by default.
+  scaled: bool = False
   gated = True
 
   @classmethod
   def of(cls, cfg) -> "Infini":
-    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule)
+    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale)
 
   def init_state(self, batch: int) -> memlib.CompressiveMemory:
     return memlib.init_memory(batch, self.K, self.H, self.H)
@@ -33,8 +36,9 @@ class Infini:
   def __call__(self, layer, x, q, k, v, state, mask):
     del x
     local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
-    a_mem = memlib.retrieve(state, q)  # no position encoding on the memory path
-    state = memlib.update(state, k, v, self.rule, mask)  # after the read: no token reads itself
+    mq, mk = layer.memory_qk(q, k)
+    a_mem = memlib.retrieve(state, mq)  # no position encoding on the memory path
+    state = memlib.update(state, mk, v, self.rule, mask)  # after the read: no token reads itself
     g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
     return g * a_mem + (1.0 - g) * local, state
 

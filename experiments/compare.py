@@ -1,0 +1,126 @@
+"""The comparison table of a set of runs: held-out perplexity by memory, mean ± std over seeds.
+
+  python -m experiments.compare runs/python_lm      # RUNS/NAME/seedN/{config,final_metrics}.json
+
+Prints a Markdown table (overall perplexity and by segment position, parameters, state size)
+and the gates of the infini runs per layer, and writes RUNS/compare.md and RUNS/compare.png.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+from infini_jax.model import InfiniTransformer, ModelConfig
+
+PPL = "eval/perplexity/ppl"
+
+
+def load(runs: str) -> dict[str, list[dict]]:
+  """name -> one dict per finished seed: its final metrics and its model config."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(runs, "*", "seed*", "final_metrics.json"))):
+    run = os.path.dirname(path)
+    with open(path) as f:
+      metrics = json.load(f)
+    with open(os.path.join(run, "config.json")) as f:
+      model = json.load(f)["model"]
+    out.setdefault(os.path.basename(os.path.dirname(run)), []).append(
+        dict(metrics=metrics, model=model))
+  return out
+
+
+def sizes(model: dict) -> tuple[int, int]:
+  """(parameters, state numbers per sequence) of a model config."""
+  abstract = nnx.eval_shape(lambda: InfiniTransformer(ModelConfig(**model), rngs=nnx.Rngs(0)))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  return params, abstract.state_size(1)
+
+
+def mean_std(values) -> str:
+  values = np.asarray(values, np.float64)
+  return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
+
+
+def table(results: dict[str, list[dict]]) -> tuple[str, list[str]]:
+  buckets = sorted({k[len(PPL) + 5:] for seeds in results.values() for s in seeds
+                    for k in s["metrics"] if k.startswith(PPL + "_seg_")},
+                   key=lambda b: int(b.split("-")[0]))
+  head = ["memory", "seeds", "ppl (mean ± std)"] + [f"seg {b}" for b in buckets] + [
+      "params", "state / seq"]
+  rows = []
+  order = sorted(results, key=lambda n: np.mean([s["metrics"][PPL] for s in results[n]]))
+  for name in order:
+    seeds = results[name]
+    params, state = sizes(seeds[0]["model"])
+    rows.append([name, str(len(seeds)), mean_std([s["metrics"][PPL] for s in seeds])] + [
+        f"{np.mean([s['metrics'].get(f'{PPL}_seg_{b}', np.nan) for s in seeds]):.3f}"
+        for b in buckets] + [f"{params / 1e6:.3f}M", f"{state:,}"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines += ["| " + " | ".join(r) + " |" for r in rows]
+  return "\n".join(lines), buckets
+
+
+def gates(results: dict[str, list[dict]]) -> str:
+  """sigmoid(β) per layer of every infini run: quartiles, and heads near 0 / 1."""
+  lines = []
+  for name, seeds in sorted(results.items()):
+    for i, s in enumerate(seeds):
+      g = {k: v for k, v in s["metrics"].items() if k.startswith("eval/gates/gate/")}
+      if not g:
+        continue
+      layers = sorted({k.split("/")[3] for k in g})
+      for layer in layers:
+        vals = np.array([v for k, v in g.items() if k.split("/")[3] == layer])
+        q = np.percentile(vals, [0, 50, 100])
+        lines.append(f"| {name} | {i} | {layer} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f} | "
+                     f"{(vals < 0.1).sum()} | {(vals > 0.9).sum()} | {len(vals)} |")
+  if not lines:
+    return ""
+  head = ("| run | seed | layer | sigmoid(β) min / median / max | heads < 0.1 (local) | "
+          "heads > 0.9 (memory) | heads |\n|---|---|---|---|---|---|---|\n")
+  return head + "\n".join(lines)
+
+
+def plot(results, buckets, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4))
+  x = np.arange(len(buckets))
+  for name, seeds in sorted(results.items()):
+    y = np.array([[s["metrics"].get(f"{PPL}_seg_{b}", np.nan) for b in buckets] for s in seeds])
+    ax.errorbar(x, y.mean(0), yerr=y.std(0), label=name, marker="o", capsize=2)
+  ax.set_xticks(x, buckets, rotation=30)
+  ax.set_xlabel("segment position in the held-out file")
+  ax.set_ylabel("perplexity (bytes)")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
+def main(argv):
+  if len(argv) != 1:
+    sys.exit("usage: python -m experiments.compare RUNS_DIR")
+  runs = argv[0]
+  results = load(runs)
+  if not results:
+    sys.exit(f"no finished runs (NAME/seedN/final_metrics.json) under {runs}")
+  text, buckets = table(results)
+  g = gates(results)
+  report = text + ("\n\n" + g if g else "") + "\n"
+  print(report)
+  with open(os.path.join(runs, "compare.md"), "w") as f:
+    f.write(report)
+  plot(results, buckets, os.path.join(runs, "compare.png"))
+  print("wrote", os.path.join(runs, "compare.md"), "and compare.png")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,132 @@
+"""The options beyond the paper (model.token_shift, model.memory_scale) and the teacher-forced
+passkey scorer that works for every memory."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from infini_jax import evaluate
+from infini_jax import generate as gen
+from infini_jax import memory as memlib
+from infini_jax import optim
+from infini_jax.model import InfiniTransformer
+from tests.conftest import TINY
+
+T = TINY.segment_len
+forward = nnx.jit(lambda model, x: model(x))
+
+
+def tokens(seed, length, batch=2):
+  return np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 1, TINY.vocab_size))
+
+
+def test_token_shift_carries_the_last_tokens_across_segments(make_model):
+  """memory=local has no path between segments but the shift: changing the last token of
+  segment 1 reaches segment 2 (through its first tokens' inputs) and no further."""
+  x = tokens(0, 3 * T)
+  y = x.copy()
+  y[:, T - 1] = (y[:, T - 1] + 1) % TINY.vocab_size
+  for shift in (0, 2):
+    model = make_model(memory="local", token_shift=shift)
+    a, _ = forward(model, x)
+    b, _ = forward(model, y)
+    changed = np.abs(np.asarray(a) - np.asarray(b)).max(axis=(0, 2)) > 1e-6  # [L]
+    assert not changed[:T - 1].any() and changed[T - 1]
+    assert changed[T:2 * T].all() == bool(shift) and not changed[T:2 * T].any() == (not shift)
+    assert not changed[2 * T:].any()  # segment 3 shifts in segment 2's (unchanged) tokens
+
+
+def test_token_shift_state_makes_chunks_equal_one_pass(make_model):
+  model = make_model(token_shift=3, rule="delta")
+  x = tokens(1, 4 * T)
+  whole, _ = forward(model, x)
+  first, state = model(x[:, :T])
+  second, _ = model(x[:, T:], state)
+  np.testing.assert_allclose(np.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-5)
+  assert model.init_state(2)[-1].shape == (2, 3)
+
+
+def test_memory_scale_starts_as_the_paper_and_is_learned(make_model):
+  plain, scaled = make_model(seed=0), make_model(seed=0, memory_scale=True)
+  x = tokens(2, 3 * T)
+  np.testing.assert_allclose(forward(scaled, x)[0], forward(plain, x)[0], rtol=1e-6, atol=1e-6)
+
+  graphdef, params = nnx.split(scaled)
+  loss = lambda p: nnx.merge(graphdef, p)(x)[0].std()  # noqa: E731
+  grads = jax.grad(loss)(params)
+  g = [np.abs(np.asarray(b["attn"]["memory_scale"][...])).max() for b in grads["blocks"].values()]
+  assert min(g) > 0
+  labels = optim.param_labels(nnx.to_pure_dict(params))
+  assert labels["blocks"][0]["attn"]["memory_scale"] == "gate"  # no decay, the gate's rate
+
+
+def test_memory_scale_reads_and_writes_with_scaled_features(make_model):
+  """With log-scale s, the layer's memory equals the paper's memory fed exp(s) q and exp(s) k."""
+  model = make_model(memory_scale=True, num_layers=1)
+  attn = model.blocks[0].attn
+  attn.memory_scale[...] = jnp.log(jnp.array([0.5, 3.0]))
+  x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
+  state = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
+  _, state = attn(x, state)
+  _, state = attn(x, state)
+  q = jnp.einsum("BTD,DNH->BTNH", x, attn.wq[...])
+  k, v = attn.project_kv(x)
+  s = jnp.array([0.5, 3.0])
+  ref = memlib.update(memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim),
+                      k * s[:, None], v, "linear")
+  np.testing.assert_allclose(memlib.update(ref, k * s[:, None], v, "linear").M, state.M,
+                             rtol=1e-5)
+  read = memlib.retrieve(ref, q * jnp.repeat(s, 2)[:, None])
+  np.testing.assert_allclose(attn.memory_qk(q, None)[0] / q, jnp.repeat(s, 2)[:, None]
+                             * jnp.ones_like(q), rtol=1e-6)
+  assert np.isfinite(np.asarray(read)).all()
+
+
+def test_memory_scale_decoding_equals_the_scan(make_model):
+  model = make_model(memory_scale=True, rule="delta")
+  for block in model.blocks:
+    block.attn.memory_scale[...] = jnp.array([0.7, -0.4])
+    block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  x = tokens(4, 3 * T + 2)
+  want, _ = forward(model, x)
+  decoder = gen.Decoder(model, chunk_segments=2)
+  logits, _ = decoder.feed(decoder.start(2), x)
+  np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_options_are_checked(make_model):
+  with pytest.raises(ValueError, match="memory_scale"):
+    make_model(memory="xl", memory_scale=True)
+  with pytest.raises(ValueError, match="token_shift"):
+    make_model(token_shift=-1)
+  with pytest.raises(ValueError, match="token_shift"):
+    gen.Decoder(make_model(token_shift=2))
+
+
+@pytest.mark.parametrize("memory", ["infini", "xl"])
+def test_teacher_forced_scoring_equals_greedy_argmax(make_model, memory):
+  """Rows of different lengths, replies straddling a segment boundary, chunks of 2 segments:
+  the predictions are the argmax of one forward pass over each row alone."""
+  model = make_model(memory=memory, token_shift=2)
+  rows = [(tokens(5, 4 * T - 3, 1)[0], tokens(6, 5, 1)[0]),
+          (tokens(7, 2 * T + 1, 1)[0], tokens(8, 3, 1)[0])]
+  got = evaluate.TeacherForced(model, chunk_segments=2)(rows)
+  for (prompt, reply), pred in zip(rows, got):
+    seq = np.concatenate([prompt, reply])
+    logits, _ = forward(model, seq[None])
+    want = np.argmax(np.asarray(logits)[0, len(prompt) - 1:len(seq) - 1], -1)
+    np.testing.assert_array_equal(pred, want)
+
+
+def test_teacher_forced_equals_greedy_decoding(make_model):
+  """Whole-key exact match by teacher forcing is greedy decoding's: the decoder continues a
+  prompt with the tokens the scorer predicts."""
+  model = make_model(rule="delta")
+  prompt = tokens(9, 3 * T + 5, 1)[0]
+  decoded = gen.generate(gen.Decoder(model, chunk_segments=2), [prompt], max_new_tokens=6)[0]
+  scored = evaluate.TeacherForced(model, chunk_segments=2)([(prompt, decoded)])[0]
+  np.testing.assert_array_equal(scored, decoded)
