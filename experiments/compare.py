@@ -38,9 +38,9 @@ def load(runs: str) -> dict[str, list[dict]]:
 
 def sizes(model: dict) -> tuple[int, int]:
   """(parameters, state numbers per sequence) of a model config."""
-  abstract = nnx.eval_shape(lambda: InfiniTransformer(ModelConfig(**model), rngs=nnx.Rngs(0)))
-  params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
-  return params, abstract.state_size(1)
+  built = InfiniTransformer(ModelConfig(**model), rngs=nnx.Rngs(0))  # small: built for real
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param)))
+  return params, built.state_size(1)
 
 
 def mean_std(values) -> str:

@@ -86,6 +86,8 @@ MEMORY_PARAMS = ("gate", "memory_init")
 
 def checkpoints_dir(path: str) -> str:
   """The orbax checkpoints directory `path` names: itself, or WORKDIR/checkpoints of a workdir."""
+  if "://" not in path:
+    path = os.path.abspath(path)  # orbax takes absolute paths only (gs://... are)
   inner = epath.Path(path) / "checkpoints"
   return os.fspath(inner if inner.is_dir() else epath.Path(path))
 

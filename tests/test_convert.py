@@ -261,9 +261,11 @@ def test_a_source_without_gates_gets_the_runs_gate_init(hf_dir, converted, tmp_p
     load(local, dataclasses.replace(CFG, tie_embeddings=True))
 
 
-def test_training_with_init_from_starts_from_the_converted_parameters(converted, tmp_path, capsys):
+def test_training_with_init_from_starts_from_the_converted_parameters(converted, tmp_path, capsys,
+                                                                     monkeypatch):
   c = configlib.defaults("tiny", vocab_size=300, segment_len=32, norm_eps=1e-5, gate_init=-3.0)
-  c.init_from = converted
+  monkeypatch.chdir(os.path.dirname(converted))
+  c.init_from = os.path.basename(converted)  # relative, as typed on a command line
   c.seq_len, c.batch_size = 64, 2
   c.data.update(subset="small", data_dir=str(tmp_path / "tfds"))
   c.optimizer.update(lr=0.0, warmup_steps=0)  # the one step changes nothing

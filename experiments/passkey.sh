@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Table 3 at laptop scale (configs/passkey.py): Infini with the tuned recipe and with the paper's,
+# each trained on 512-token prompts and then on 2K-token ones starting from there, and the local
+# and XL baselines; each swept with eval.py (WORKDIR/eval/STEP/passkey.{json,png}).
+# Finished steps are skipped and interrupted runs resume, so this can be stopped and re-run.
+#   bash experiments/passkey.sh [RUNS_DIR]    # default runs/pk
+set -euo pipefail
+RUNS=${1:-runs/pk}
+PY=${PYTHON:-.venv/bin/python}
+train() {  # name, config arguments, extra train flags
+  local dir=$RUNS/$1
+  mkdir -p "$dir"
+  [ -f "$dir/final_metrics.json" ] && return
+  echo "$(date +%T) train $1"
+  "$PY" train.py --config="configs/passkey.py:$2" --workdir="$dir" ${3:-} > "$dir/train.log" 2>&1
+}
+sweep() {  # name, config arguments
+  local dir=$RUNS/$1
+  ls "$dir"/eval/*/passkey.json > /dev/null 2>&1 && return
+  echo "$(date +%T) eval $1"
+  "$PY" eval.py --config="configs/passkey.py:$2" --workdir="$dir" > "$dir/eval.log" 2>&1
+}
+for recipe in tuned paper; do
+  train "${recipe}_512" "recipe=$recipe,train_len=512,steps=1500"
+  train "$recipe" "recipe=$recipe" \
+      "--config.init_from=$RUNS/${recipe}_512/checkpoints --config.optimizer.lr=1e-3"
+  sweep "$recipe" "recipe=$recipe"
+done
+for memory in local xl; do
+  train "$memory" "memory=$memory,train_len=512,steps=1500"
+  sweep "$memory" "memory=$memory"
+done
+for f in "$RUNS"/*/eval/*/passkey*.json; do
+  "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['table'])" "$f"
+done
