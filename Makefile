@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 
-.PHONY: train test bench clean
+.PHONY: train test bench results-passkey results-lm clean
 
 $(VENV)/.installed: requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -22,6 +22,13 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.run_all
+
+# docs/RESULTS.md's experiments: each resumes where it stopped (about 2 CPU-hours each).
+results-passkey: $(VENV)/.installed
+	PYTHON=$(PY) bash experiments/passkey.sh
+
+results-lm: $(VENV)/.installed
+	PYTHON=$(PY) bash experiments/python_lm.sh
 
 clean:
 	rm -rf $(VENV) runs

@@ -48,6 +48,10 @@ def mean_std(values) -> str:
   return f"{values.mean():.3f} ± {values.std(ddof=1) if len(values) > 1 else 0:.3f}"
 
 
+def cell(value: float) -> str:
+  return "–" if np.isnan(value) else f"{value:.3f}"  # "–": the run has no such position
+
+
 def table(results: dict[str, list[dict]]) -> tuple[str, list[str]]:
   buckets = sorted({k[len(PPL) + 5:] for seeds in results.values() for s in seeds
                     for k in s["metrics"] if k.startswith(PPL + "_seg_")},
@@ -60,7 +64,7 @@ def table(results: dict[str, list[dict]]) -> tuple[str, list[str]]:
     seeds = results[name]
     params, state = sizes(seeds[0]["model"])
     rows.append([name, str(len(seeds)), mean_std([s["metrics"][PPL] for s in seeds])] + [
-        f"{np.mean([s['metrics'].get(f'{PPL}_seg_{b}', np.nan) for s in seeds]):.3f}"
+        cell(np.mean([s['metrics'].get(f'{PPL}_seg_{b}', np.nan) for s in seeds]))
         for b in buckets] + [f"{params / 1e6:.3f}M", f"{state:,}"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
