@@ -40,7 +40,7 @@ def get_config(arg=None):
   c.seq_len = arg.train_len  # the prompt fills the window (passkey_length 0)
   c.batch_size = max(8, 16384 // arg.train_len)  # 16K tokens a step: more prompts when short
   c.data.update(name="passkey", passkey_length=0, passkey_position="random",
-                passkey_examples=c.batch_size * arg.steps)  # every training prompt is new
+                passkey_examples=c.batch_size * arg.steps, passkey_seed=0)  # each prompt new
   c.optimizer.update(lr=3e-3, warmup_steps=100, weight_decay=0.0)
   c.train.update(steps=arg.steps, log_every=25, eval_every=250, checkpoint_every=100)
   # The held-out loss is over whole prompts, mostly filler: retrieval is what is measured here.

@@ -1,8 +1,6 @@
 """The options beyond the paper (model.token_shift, model.memory_scale) and the teacher-forced
 passkey scorer that works for every memory."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +11,6 @@ from infini_jax import evaluate
 from infini_jax import generate as gen
 from infini_jax import memory as memlib
 from infini_jax import optim
-from infini_jax.model import InfiniTransformer
 from tests.conftest import TINY
 
 T = TINY.segment_len
@@ -80,10 +77,8 @@ def test_memory_scale_reads_and_writes_with_scaled_features(make_model):
                       k * s[:, None], v, "linear")
   np.testing.assert_allclose(memlib.update(ref, k * s[:, None], v, "linear").M, state.M,
                              rtol=1e-5)
-  read = memlib.retrieve(ref, q * jnp.repeat(s, 2)[:, None])
-  np.testing.assert_allclose(attn.memory_qk(q, None)[0] / q, jnp.repeat(s, 2)[:, None]
-                             * jnp.ones_like(q), rtol=1e-6)
-  assert np.isfinite(np.asarray(read)).all()
+  # Query head n reads with kv head n // 2's scale.
+  np.testing.assert_allclose(attn.memory_qk(q, None)[0], q * jnp.repeat(s, 2)[:, None], rtol=1e-6)
 
 
 def test_memory_scale_decoding_equals_the_scan(make_model):
