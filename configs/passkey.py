@@ -28,8 +28,10 @@ SWEEP_LONG = (131072, 524288, 1048576)
 
 
 def get_config(arg=None):
-  arg = configlib.parse_arg(arg, recipe="tuned", memory="infini", rule="linear", steps=1500,
-                            train_len=2048)
+  arg = configlib.parse_arg(arg, runlocal=False, recipe="tuned", memory="infini", rule="linear",
+                            steps=1500, train_len=2048)
+  if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
+    arg.update(steps=20, train_len=512)
   if arg.recipe not in ("paper", "tuned"):
     raise ValueError(f"passkey recipe must be 'paper' or 'tuned'; got {arg.recipe!r}")
   if arg.memory not in ("infini", "local", "xl"):
@@ -51,12 +53,15 @@ def get_config(arg=None):
       batch_size=16, during_training=True, progress=False)
   c.evals.passkey_train.kind = "passkey"
   # eval.py: the sweep to 1M tokens, key at start, middle and end: 20 prompts per cell to 32K,
-  # 10 beyond (50M tokens streamed, about 12 minutes on one core).
+  # 10 beyond (52M tokens streamed, about 7 minutes on one core).
   c.evals.passkey = evaluate.settings("passkey", lengths=SWEEP, samples=20, batch_size=20,
                                       chunk_segments=64)
-  if arg.memory == "infini":  # local and XL see 128 / 256 tokens: beyond 32K they guess
+  # Local and XL see 128 / 256 tokens: beyond 32K they can only guess.
+  if arg.memory == "infini" and not arg.runlocal:
     c.evals.passkey_long = evaluate.settings("passkey", lengths=SWEEP_LONG, samples=10,
                                              batch_size=10, chunk_segments=64)
     c.evals.passkey_long.kind = "passkey"
   c.evals.gates = evaluate.settings("gates")
+  if arg.runlocal:
+    c.evals.passkey.update(lengths=(2048,), samples=2, batch_size=2)
   return c

@@ -28,7 +28,9 @@ BASELINES = dict(memorizing=dict(memory_size=16 * SEGMENT, topk=32),
 
 
 def get_config(arg=None):
-  arg = configlib.parse_arg(arg, memory="infini", rule="linear", steps=300)
+  arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=300)
+  if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
+    arg.steps = 20
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
                          num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=SEGMENT,
                          **BASELINES.get(arg.memory, {}))
@@ -41,4 +43,6 @@ def get_config(arg=None):
   c.evals.perplexity.update(split="validation", max_documents=16, max_tokens=16384,
                             chunk_len=TRAIN_LEN, batch_size=4)
   c.evals.gates = evaluate.settings("gates")  # sigmoid(β) per head (the paper's Figure 3)
+  if arg.runlocal:
+    c.evals.perplexity.update(max_documents=2, max_tokens=2048)
   return c
