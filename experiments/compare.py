@@ -93,16 +93,21 @@ def gates(results: dict[str, list[dict]]) -> str:
 
 
 def plot(results, buckets, path):
+  """Perplexity against the token position where each segment bucket starts (log scale), so that
+  runs with different segment lengths (full: one window) line up."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
-  x = np.arange(len(buckets))
   for name, seeds in sorted(results.items()):
-    y = np.array([[s["metrics"].get(f"{PPL}_seg_{b}", np.nan) for b in buckets] for s in seeds])
-    ax.errorbar(x, y.mean(0), yerr=y.std(0), label=name, marker="o", capsize=2)
-  ax.set_xticks(x, buckets, rotation=30)
-  ax.set_xlabel("segment position in the held-out file")
+    seg = seeds[0]["model"]["segment_len"]
+    have = [b for b in buckets if f"{PPL}_seg_{b}" in seeds[0]["metrics"]]
+    x = [(int(b.split("-")[0]) - 1) * seg + seg / 2 for b in have]  # first segment's middle
+    y = np.array([[s["metrics"][f"{PPL}_seg_{b}"] for b in have] for s in seeds])
+    ax.errorbar(x, y.mean(0), yerr=y.std(0), label=f"{name} (segment {seg})", marker="o",
+                capsize=2)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("token position in the held-out file (where the segment bucket starts)")
   ax.set_ylabel("perplexity (bytes)")
   ax.legend(fontsize=8)
   fig.tight_layout()
