@@ -233,6 +233,15 @@ def pyplot():
   return plt
 
 
+def save_with_legend_below(fig, path: str, ncol: int, bottom: float) -> None:
+  """Saves fig with its axes' legend in one block under the plot, `bottom` of the height kept
+  free for it (the legends are long: inside the axes they would hide the curves)."""
+  handles, labels = fig.axes[0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+  fig.tight_layout(rect=(0, bottom, 1, 1))
+  fig.savefig(path, dpi=120)
+
+
 def write(name: str, result: dict) -> str:
   os.makedirs(OUT_DIR, exist_ok=True)
   result = dict(result, device=str(jax.devices()[0].device_kind), cpus=os.cpu_count(),

@@ -92,9 +92,7 @@ def _plot(runs: list[dict], train_tokens_per_s: float, path: str) -> None:
   ax.set_yscale("log")
   ax.set_ylabel("tokens / s")
   ax.set_title("grain pipeline, byte tokens, batch 8 x 2048")
-  fig.legend(loc="lower center", ncol=1, frameon=False)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
-  fig.savefig(path, dpi=120)
+  common.save_with_legend_below(fig, path, ncol=1, bottom=0.08)
 
 
 if __name__ == "__main__":

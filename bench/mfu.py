@@ -101,10 +101,7 @@ def plot(rows: list[dict], path: str) -> None:
   ax.invert_yaxis()
   ax.set_xlim(0, 1)
   ax.set_xlabel("training MFU against XLA's float32 matmul peak")
-  fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7,
-             frameon=False)
-  fig.tight_layout(rect=(0, 0.07, 1, 1))
-  fig.savefig(path, dpi=120)
+  common.save_with_legend_below(fig, path, ncol=3, bottom=0.07)
 
 
 def main(argv=None):

@@ -66,10 +66,7 @@ def plot(curves: dict, path: str) -> None:
   ax.set_ylabel("bytes per sequence")
   ax.set_title("memory state vs KV cache")
   ax.grid(True, which="both", alpha=0.3)
-  fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=7,
-             frameon=False)
-  fig.tight_layout(rect=(0, 0.12, 1, 1))
-  fig.savefig(path, dpi=120)
+  common.save_with_legend_below(fig, path, ncol=2, bottom=0.12)
 
 
 def main(argv=None):

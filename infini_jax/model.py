@@ -265,9 +265,9 @@ class InfiniTransformer(nnx.Module):
       S = self.cfg.token_shift
       prev = extra.pop()  # [B, S]: the tokens before this segment
       ids = jnp.concatenate([prev, tokens], axis=1)  # [B, S + T]
+      e = jnp.take(self.embed[...], ids, axis=0)  # [B, S + T, D], one gather for every offset
       for j in range(S):  # token t gets token t-1-j
-        e = jnp.take(self.embed[...], ids[:, S - 1 - j:S - 1 - j + T], axis=0)  # [B, T, D]
-        x = x + (e * self.shift_mix[j]).astype(self.dtype)
+        x = x + (e[:, S - 1 - j:S - 1 - j + T] * self.shift_mix[j]).astype(self.dtype)
       # Padded tokens (mask False) only come at a stream's end, so the last S ids are carried.
       shifted = [ids[:, -S:]]
     if self.cfg.memory == "rmt":
