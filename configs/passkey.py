@@ -36,7 +36,9 @@ def get_config(arg=None):
     raise ValueError(f"passkey recipe must be 'paper' or 'tuned'; got {arg.recipe!r}")
   if arg.memory not in ("infini", "local", "xl"):
     raise ValueError(f"passkey memory must be infini, local or xl; got {arg.memory!r}")
-  tuned = dict(token_shift=8, memory_scale=arg.memory == "infini") if arg.recipe == "tuned" else {}
+  # memory_scale sharpens σ; deltanet's unit-length features need no scale (and refuse one).
+  scaled = arg.memory == "infini" and arg.rule != "deltanet"
+  tuned = dict(token_shift=8, memory_scale=scaled) if arg.recipe == "tuned" else {}
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
                          num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=128, **tuned)
   c.seq_len = arg.train_len  # the prompt fills the window (passkey_length 0)

@@ -13,7 +13,7 @@ and a 32K SentencePiece vocabulary trained on it:
 
   python train.py --config=configs/pg19.py:memory=infini,rule=delta --workdir=runs/pg19_delta
   python train.py --config=configs/pg19.py:runlocal,memory=local --workdir=runs/pg19_local
-`memory` is one of infini (with rule=linear|delta), local, full, xl, memorizing, compressive, rmt.
+`memory` is one of infini (with rule=linear|delta|deltanet), local, full, xl, memorizing, compressive, rmt.
 `runlocal` swaps in the embedded python_code corpus, byte tokens and the demo-sized model.
 """
 

@@ -9,7 +9,7 @@ tokens, 256 segments each), overall and by segment position. docs/RESULTS.md has
   python train.py --config=configs/python_lm.py:memory=infini,rule=delta --workdir=runs/lm_delta
   python train.py --config=configs/python_lm.py:memory=xl --workdir=runs/lm_xl --config.seed=1
   python -m infini_jax.report runs/lm_*          # the comparison table
-`memory` is one of infini (rule=linear|delta), local, full, xl, memorizing, compressive, rmt.
+`memory` is one of infini (rule=linear|delta|deltanet), local, full, xl, memorizing, compressive, rmt.
 `full` attends over the whole training window (one segment of 1,024); it reads held-out files
 in windows of 1,024 that do not see each other.
 """

@@ -24,6 +24,12 @@ train tuned_512 "recipe=tuned,train_len=512,steps=1500"
 train tuned "recipe=tuned" \
     "--config.init_from=$RUNS/tuned_512/checkpoints --config.optimizer.lr=1e-3"
 sweep tuned "recipe=tuned"
+# The same two stages with the deltanet rule (unit-length features, exact token-by-token delta
+# writes, no z) in place of linear + memory_scale.
+train deltanet_512 "rule=deltanet,train_len=512,steps=1500"
+train deltanet "rule=deltanet" \
+    "--config.init_from=$RUNS/deltanet_512/checkpoints --config.optimizer.lr=1e-3"
+sweep deltanet "rule=deltanet"
 # The paper's recipe on the first stage (its retrieval at 512 and 4K every 250 steps, in
 # metrics.jsonl, against tuned_512's), and the local and XL baselines (token shift included).
 train paper_512 "recipe=paper,train_len=512,steps=1000"

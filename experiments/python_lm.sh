@@ -2,19 +2,23 @@
 # Table 2 at laptop scale (configs/python_lm.py): every memory x 3 seeds, then the comparison.
 # A finished run (final_metrics.json) is skipped and an interrupted one resumes from its last
 # checkpoint, so this can be stopped and re-run.
-#   bash experiments/python_lm.sh [RUNS_DIR]     # default runs/python_lm; about 65 CPU-minutes
+#   bash experiments/python_lm.sh [RUNS_DIR [STEPS [MEMORIES]]]
+# defaults: runs/python_lm, 300 steps (about 65 CPU-minutes for all), every memory; for example
+#   bash experiments/python_lm.sh runs/python_lm_1000 1000 "local infini:linear xl"
 set -euo pipefail
 RUNS=${1:-runs/python_lm}
+STEPS=${2:-300}
+MEMORIES=${3:-infini:linear infini:delta local xl memorizing rmt full}
 PY=${PYTHON:-.venv/bin/python}
 for seed in 0 1 2; do
-  for m in infini:linear infini:delta local xl memorizing rmt full; do
+  for m in $MEMORIES; do
     memory=${m%%:*}; rule=linear; [ "$memory" = infini ] && rule=${m#*:}
     name=$memory; [ "$memory" = infini ] && name=infini_$rule
     dir=$RUNS/$name/seed$seed
     [ -f "$dir/final_metrics.json" ] && continue
     mkdir -p "$dir"
     echo "$(date +%T) $name seed $seed"
-    "$PY" train.py --config="configs/python_lm.py:memory=$memory,rule=$rule" \
+    "$PY" train.py --config="configs/python_lm.py:memory=$memory,rule=$rule,steps=$STEPS" \
         --config.seed="$seed" --workdir="$dir" > "$dir/train.log" 2>&1
   done
 done

@@ -63,9 +63,10 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | 
 class InfiniAttention(nnx.Module):
   """Multi-head / grouped-query attention whose memory step is a segment memory.
 
-  `memory` is "infini" (the paper's layer, with `rule` "linear" or "delta"), "local" (attention
-  inside the segment only, no state), or any segment memory object from infini_jax.memories
-  (model.py builds those from the ModelConfig). Gated memories get one β per query head.
+  `memory` is "infini" (the paper's layer, with `rule` "linear" or "delta"; "deltanet" is an
+  option beyond the paper, see memory.py), "local" (attention inside the segment only, no
+  state), or any segment memory object from infini_jax.memories (model.py builds those from the
+  ModelConfig). Gated memories get one β per query head.
   """
 
   def __init__(self, d_model: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
@@ -182,7 +183,8 @@ class InfiniAttention(nnx.Module):
     keys = rope(cache.k, self.rope_theta, self.rope_scaling)
     out = cached_attention(self.rope_at(q, q_pos), keys, cache.v, q_pos)
     if isinstance(self.segment_memory, memories.Infini):
-      a_mem = memlib.retrieve(state, self.memory_qk(q, None)[0])  # [B, C, N, V]
+      a_mem = memlib.retrieve(state, self.memory_qk(q, None)[0],
+                              self.segment_memory.rule)  # [B, C, N, V]
       g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
       out = g * a_mem + (1.0 - g) * out
     y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))

@@ -11,6 +11,16 @@ Each key/value head keeps an associative matrix M [H, V] and a normaliser z [H]:
   both      z += Σ_t σ(k_t)
 with σ = ELU + 1. Everything here runs in float32 whatever the caller's dtype: M and z grow with the
 stream, and bfloat16 accumulators overflow on long inputs.
+
+Beyond the paper, off by default: rule "deltanet" (the delta rule of Schlag et al., 2021, as in
+DeltaNet) reads and writes with unit-length features φ(x) = x / |x| and no normaliser z:
+  retrieve  A_mem = φ(q) M
+  deltanet  M_t = M_{t-1} + φ(k_t)ᵀ (v_t - φ(k_t) M_{t-1}),    token by token
+Each write replaces what M returned for the key with v_t, so M stays bounded, and the read of a
+key that later writes do not overlap stays exact however long the stream (z, kept for the state's
+shape, stays 0). The paper's delta rule writes a segment at once, which for unit keys overshoots
+wherever a key repeats inside the segment; here the segment is written exactly as T sequential
+writes, in parallel through one triangular solve (see `_deltanet_write`).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-RULES = ("linear", "delta")
+RULES = ("linear", "delta", "deltanet")
 
 
 class CompressiveMemory(NamedTuple):
@@ -41,6 +51,12 @@ def init_memory(batch: int, kv_heads: int, key_dim: int, value_dim: int) -> Comp
 def sigma(x: jax.Array) -> jax.Array:
   """ELU + 1: a positive feature map, so that σ(q)·z > 0 once anything was written."""
   return jax.nn.elu(x.astype(jnp.float32)) + 1.0
+
+
+def unit(x: jax.Array) -> jax.Array:
+  """φ(x) = x / |x| over the last axis, in float32 (the deltanet rule's features)."""
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
 def _safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
@@ -66,7 +82,7 @@ def _read(memory: CompressiveMemory, sq: jax.Array) -> jax.Array:
   return _safe_divide(num, den)
 
 
-def retrieve(memory: CompressiveMemory, q: jax.Array) -> jax.Array:
+def retrieve(memory: CompressiveMemory, q: jax.Array, rule: str = "linear") -> jax.Array:
   """Reads the memory for queries q [B, T, N, H]; returns [B, T, N, V] float32.
 
   Query head n reads key/value head n // G (grouped-query attention, G = N // K).
@@ -78,8 +94,30 @@ def retrieve(memory: CompressiveMemory, q: jax.Array) -> jax.Array:
   if N % K:
     raise ValueError(f"query heads N={N} must be a multiple of the memory's key/value heads K={K}")
   T = q.shape[1]
+  if rule == "deltanet":
+    fq = unit(q).reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
+    return jnp.einsum("BTKGH,BKHV->BTKGV", fq, memory.M).reshape(B, T, N, V)
   sq = sigma(q).reshape(B, T, K, N // K, H)  # [B, T, K, G, H]
   return _read(memory, sq).reshape(B, T, N, V)
+
+
+def _deltanet_write(M: jax.Array, fk: jax.Array, v: jax.Array, write: jax.Array) -> jax.Array:
+  """T sequential delta-rule writes M_t = M_{t-1} + write_t φ_tᵀ (v_t - φ_t M_{t-1}), at once.
+
+  M [B, K, H, V], unit keys fk [B, T, K, H], v [B, T, K, V], write [B, T] in {0, 1} (padding: 0).
+  With u_t = write_t (v_t - φ_t M_{t-1}) and M_{t-1} = M_0 + Σ_{s<t} φ_sᵀ u_s:
+    u_t + write_t Σ_{s<t} (φ_t·φ_s) u_s = write_t (v_t - φ_t M_0),
+  a unit lower-triangular system (I + diag(write) L) U = diag(write) (V - Φ M_0) per batch row and
+  head, with L the strictly lower part of Φ Φᵀ; then M_T = M_0 + Φᵀ U.
+  """
+  T = fk.shape[1]
+  w = write.astype(jnp.float32)[:, None, :, None]  # [B, 1, T, 1]
+  gram = jnp.einsum("BTKH,BSKH->BKTS", fk, fk)  # [B, K, T, T]
+  L = jnp.tril(gram, -1) * w
+  rhs = w * (jnp.einsum("BTKV->BKTV", v) - jnp.einsum("BTKH,BKHV->BKTV", fk, M))  # [B, K, T, V]
+  U = jax.scipy.linalg.solve_triangular(L + jnp.eye(T, dtype=L.dtype), rhs, lower=True,
+                                        unit_diagonal=True)  # [B, K, T, V]
+  return M + jnp.einsum("BTKH,BKTV->BKHV", fk, U)
 
 
 def update(
@@ -103,8 +141,11 @@ def update(
   if mask is not None and mask.shape != k.shape[:2]:
     raise ValueError(f"mask must be [B, T] = {k.shape[:2]}; got {mask.shape}")
 
-  sk = sigma(k)  # [B, T, K, H]
   v = v.astype(jnp.float32)
+  if rule == "deltanet":
+    write = jnp.ones(k.shape[:2], bool) if mask is None else mask
+    return CompressiveMemory(_deltanet_write(memory.M, unit(k), v, write), memory.z)
+  sk = sigma(k)  # [B, T, K, H]
   if rule == "delta":
     # Write only what the memory does not already return for this key (eq. 5).
     v = v - _read(memory, sk[:, :, :, None, :])[:, :, :, 0, :]  # [B, T, K, V]

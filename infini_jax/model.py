@@ -118,6 +118,9 @@ class ModelConfig:
     if self.memory_scale and self.memory != "infini":
       raise ValueError(f"model.memory_scale scales the compressive memory's q and k: it needs "
                        f"memory='infini', not {self.memory!r}")
+    if self.memory_scale and self.rule == "deltanet":
+      raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "
+                       "are unit length whatever the scale: turn one of them off")
     if self.memory == "rmt" and self.memory_tokens < 1:
       raise ValueError("memory=rmt needs model.memory_tokens >= 1 (the paper's RMT uses 100s)")
     if self.memory == "memorizing" and not 0 <= memories.knn_layer(self) < self.num_layers:

@@ -12,7 +12,11 @@ def np_sigma(x):
   return np.where(x > 0, x + 1.0, np.exp(x))  # ELU + 1
 
 
-def np_retrieve(M, z, q):
+def np_unit(x):
+  return x / np.linalg.norm(x)
+
+
+def np_retrieve(M, z, q, rule="linear"):
   """M [B, K, H, V], z [B, K, H], q [B, T, N, H]: head n reads memory n // (N // K)."""
   B, T, N, _ = q.shape
   K, V = M.shape[1], M.shape[3]
@@ -21,6 +25,9 @@ def np_retrieve(M, z, q):
     for n in range(N):
       kv = n // (N // K)
       for t in range(T):
+        if rule == "deltanet":
+          out[b, t, n] = np_unit(q[b, t, n]) @ M[b, kv]
+          continue
         sq = np_sigma(q[b, t, n])
         den = sq @ z[b, kv]
         out[b, t, n] = 0.0 if den == 0 else (sq @ M[b, kv]) / den
@@ -33,6 +40,11 @@ def np_update(M, z, k, v, rule, mask):
   B, T, K, _ = k.shape
   for b in range(B):
     for kv in range(K):
+      if rule == "deltanet":  # one token at a time, z untouched
+        for t in np.flatnonzero(mask[b]):
+          fk = np_unit(k[b, t, kv])
+          M[b, kv] += np.outer(fk, v[b, t, kv] - fk @ M[b, kv])
+        continue
       sk = np_sigma(k[b, :, kv]) * mask[b, :, None]  # [T, H]
       vv = v[b, :, kv].copy()  # [T, V]
       if rule == "delta":
@@ -49,7 +61,7 @@ def random(shape, seed):
   return np.random.default_rng(seed).normal(size=shape)
 
 
-@pytest.mark.parametrize("rule", ["linear", "delta"])
+@pytest.mark.parametrize("rule", memlib.RULES)
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])  # (N, K): MHA, GQA, MQA
 def test_stream_of_segments_matches_numpy(rule, heads):
   N, K = heads
@@ -60,8 +72,8 @@ def test_stream_of_segments_matches_numpy(rule, heads):
     q, k, v = random((B, T, N, H), 3 * s), random((B, T, K, H), 3 * s + 1), random((B, T, K, V), 3 * s + 2)
     mask = np.ones((B, T), bool)
     mask[1, 3:] = s == S - 1  # the last segment of row 1 ends in padding
-    got = memlib.retrieve(mem, jnp.asarray(q, jnp.float32))
-    want = np_retrieve(M, z, q)
+    got = memlib.retrieve(mem, jnp.asarray(q, jnp.float32), rule)
+    want = np_retrieve(M, z, q, rule)
     assert got.dtype == jnp.float32 and got.shape == (B, T, N, V)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
     mem = memlib.update(mem, jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32), rule,
@@ -83,7 +95,7 @@ def test_delta_differs_from_linear_once_memory_is_not_empty():
       again["linear"].M - first["linear"].M).sum()
 
 
-@pytest.mark.parametrize("rule", ["linear", "delta"])
+@pytest.mark.parametrize("rule", memlib.RULES)
 def test_padded_tokens_change_nothing(rule):
   B, T, K, H = 2, 6, 2, 4
   mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(random((B, T, K, H), 0)),
@@ -102,6 +114,33 @@ def test_padded_tokens_change_nothing(rule):
   nothing = memlib.update(mem, k, v, rule, jnp.zeros((B, T), bool))
   np.testing.assert_array_equal(nothing.M, mem.M)
   np.testing.assert_array_equal(nothing.z, mem.z)
+
+
+def test_deltanet_stores_a_key_that_later_writes_do_not_overlap_exactly_and_stays_bounded():
+  """What the rule is for: a key written once is read back exactly after any number of writes
+  to directions orthogonal to it, repeated writes change nothing, and M never grows."""
+  B, T, K, H = 1, 16, 1, 8
+  rng = np.random.default_rng(0)
+  key = np.zeros((B, 1, K, H)); key[..., 0] = 2.0  # any length: φ makes it unit
+  value = rng.normal(size=(B, 1, K, H))
+  mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(key), jnp.asarray(value),
+                      "deltanet")
+  filler_k = rng.normal(size=(B, T, K, H)); filler_k[..., 0] = 0.0  # orthogonal to the key
+  filler_v = rng.normal(size=(B, T, K, H))
+
+  def write(mem, _):
+    return memlib.update(mem, jnp.asarray(filler_k, jnp.float32),
+                         jnp.asarray(filler_v, jnp.float32), "deltanet"), None
+
+  once, _ = write(mem, None)
+  many, _ = jax.lax.scan(write, mem, None, length=500)  # 8,000 writes of the same 16 pairs
+  read = lambda m: memlib.retrieve(m, jnp.asarray(key, jnp.float32), "deltanet")  # noqa: E731
+  np.testing.assert_allclose(read(many), value, rtol=1e-5, atol=1e-5)
+  # The filler pairs converge to stored; writing them again changes nothing (linear would add).
+  again, _ = write(many, None)
+  np.testing.assert_allclose(again.M, many.M, atol=1e-4)
+  assert float(jnp.abs(many.M).max()) < 10 * float(jnp.abs(once.M).max())
+  assert (many.z == 0).all()
 
 
 def test_empty_memory_reads_exact_zero_with_finite_gradients():

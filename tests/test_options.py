@@ -1,4 +1,4 @@
-"""The options beyond the paper (model.token_shift, model.memory_scale) and the teacher-forced
+"""The options beyond the paper (model.token_shift, model.memory_scale, rule=deltanet) and the teacher-forced
 passkey scorer that works for every memory."""
 
 import jax
@@ -93,7 +93,26 @@ def test_memory_scale_decoding_equals_the_scan(make_model):
   np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
 
 
+def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
+  model = make_model(rule="deltanet")
+  for block in model.blocks:
+    block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  x = tokens(4, 3 * T + 2)
+  want, state = forward(model, x)
+  assert np.isfinite(np.asarray(want)).all()
+  decoder = gen.Decoder(model, chunk_segments=2)
+  logits, _ = decoder.feed(decoder.start(2), x)
+  np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
+  # The memory path is used: the last segment's output depends on the first segment's tokens.
+  y = x.copy()
+  y[:, 0] = (y[:, 0] + 1) % TINY.vocab_size
+  other, _ = forward(model, y)
+  assert np.abs(np.asarray(other)[:, -1] - np.asarray(want)[:, -1]).max() > 1e-6
+
+
 def test_options_are_checked(make_model):
+  with pytest.raises(ValueError, match="memory_scale has no effect with rule='deltanet'"):
+    make_model(memory_scale=True, rule="deltanet")
   with pytest.raises(ValueError, match="memory_scale"):
     make_model(memory="xl", memory_scale=True)
   with pytest.raises(ValueError, match="token_shift"):

@@ -37,7 +37,7 @@ class Infini:
     del x
     local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
     mq, mk = layer.memory_qk(q, k)
-    a_mem = memlib.retrieve(state, mq)  # no position encoding on the memory path
+    a_mem = memlib.retrieve(state, mq, self.rule)  # no position encoding on the memory path
     state = memlib.update(state, mk, v, self.rule, mask)  # after the read: no token reads itself
     g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
     return g * a_mem + (1.0 - g) * local, state
