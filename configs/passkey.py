@@ -18,6 +18,9 @@ beyond the paper, each a model setting whose default stays the paper's: token_sh
 written to memory carries the 8 tokens before it: the context "pass key is" that the question
 repeats) and memory_scale (a learned scale on q and k before σ, so that filler piling up in the
 memory does not wash the key out as the stream grows). `memory` is infini, local or xl.
+`rule=deltanet` (memory.py) replaces memory_scale in the tuned recipe: its read of a stored key
+does not fade as the stream grows. `write_gate=true` adds model.write_gate (a learned strength of
+each token's memory write, so filler need not be written) to either recipe.
 """
 
 from infini_jax import config as configlib
@@ -29,7 +32,7 @@ SWEEP_LONG = (131072, 524288, 1048576)
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, recipe="tuned", memory="infini", rule="linear",
-                            steps=1500, train_len=2048)
+                            steps=1500, train_len=2048, write_gate=False)
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.update(steps=20, train_len=512)
   if arg.recipe not in ("paper", "tuned"):
@@ -39,6 +42,8 @@ def get_config(arg=None):
   # memory_scale sharpens σ; deltanet's unit-length features need no scale (and refuse one).
   scaled = arg.memory == "infini" and arg.rule != "deltanet"
   tuned = dict(token_shift=8, memory_scale=scaled) if arg.recipe == "tuned" else {}
+  if arg.write_gate:
+    tuned["write_gate"] = True
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
                          num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=128, **tuned)
   c.seq_len = arg.train_len  # the prompt fills the window (passkey_length 0)

@@ -24,6 +24,11 @@ train tuned_512 "recipe=tuned,train_len=512,steps=1500"
 train tuned "recipe=tuned" \
     "--config.init_from=$RUNS/tuned_512/checkpoints --config.optimizer.lr=1e-3"
 sweep tuned "recipe=tuned"
+# The tuned recipe with model.write_gate: 1,500 steps on 512 tokens, 1,000 on 2K.
+train gated_512 "write_gate=true,train_len=512,steps=1500"
+train gated "write_gate=true,steps=1000" \
+    "--config.init_from=$RUNS/gated_512/checkpoints --config.optimizer.lr=1e-3"
+sweep gated "write_gate=true"
 # The same two stages with the deltanet rule (unit-length features, exact token-by-token delta
 # writes, no z) in place of linear + memory_scale.
 train deltanet_512 "rule=deltanet,train_len=512,steps=1500"

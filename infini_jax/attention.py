@@ -107,6 +107,14 @@ class InfiniAttention(nnx.Module):
       # log of the scale on q and k before σ, per key/value head, float32 like the gate.
       self.memory_scale = nnx.Param(jnp.zeros((K,), jnp.float32), sharding=(sh.KV_HEADS,),
                                     eager_sharding=False)
+    if getattr(memory, "write_gated", False):
+      # β_t = sigmoid(k_t · w + b) per key/value head, float32 like the gate. Zero at init: every
+      # token writes with 1/2, which for linear and delta scales M and z alike and so reads
+      # exactly as the paper's memory.
+      self.write_gate_w = nnx.Param(jnp.zeros((K, H), jnp.float32),
+                                    sharding=(sh.KV_HEADS, sh.HEAD_DIM), eager_sharding=False)
+      self.write_gate_b = nnx.Param(jnp.zeros((K,), jnp.float32), sharding=(sh.KV_HEADS,),
+                                    eager_sharding=False)
 
   def init_state(self, batch: int):
     return self.segment_memory.init_state(batch)
@@ -125,6 +133,14 @@ class InfiniAttention(nnx.Module):
     sq = jnp.repeat(s, self.num_heads // self.num_kv_heads)  # [N]: head n reads kv head n // G
     scale = lambda x, s: None if x is None else x.astype(jnp.float32) * s[:, None]  # noqa: E731
     return scale(q, sq), scale(k, s)
+
+  def write_strength(self, k: jax.Array) -> jax.Array | None:
+    """Each token's write strength [B, T, K] from its key k [B, T, K, H], None without
+    model.write_gate. From k, not x, so that decoding's cache holds all a write needs."""
+    if not hasattr(self, "write_gate_w"):
+      return None
+    logit = jnp.einsum("BTKH,KH->BTK", k.astype(jnp.float32), self.write_gate_w[...])
+    return jax.nn.sigmoid(logit + self.write_gate_b[...])
 
   def gate_value(self) -> jax.Array:
     """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context."""
@@ -196,7 +212,7 @@ class InfiniAttention(nnx.Module):
     if isinstance(self.segment_memory, memories.Local):
       return state
     return memlib.update(state, self.memory_qk(None, cache.k)[1], cache.v,
-                         self.segment_memory.rule)
+                         self.segment_memory.rule, strength=self.write_strength(cache.k))
 
   def _check_decodable(self):
     if not isinstance(self.segment_memory, (memories.Infini, memories.Local)):

@@ -104,14 +104,15 @@ def retrieve(memory: CompressiveMemory, q: jax.Array, rule: str = "linear") -> j
 def _deltanet_write(M: jax.Array, fk: jax.Array, v: jax.Array, write: jax.Array) -> jax.Array:
   """T sequential delta-rule writes M_t = M_{t-1} + write_t φ_tᵀ (v_t - φ_t M_{t-1}), at once.
 
-  M [B, K, H, V], unit keys fk [B, T, K, H], v [B, T, K, V], write [B, T] in {0, 1} (padding: 0).
+  M [B, K, H, V], unit keys fk [B, T, K, H], v [B, T, K, V], write [B, T, K] in [0, 1] (0 on
+  padding).
   With u_t = write_t (v_t - φ_t M_{t-1}) and M_{t-1} = M_0 + Σ_{s<t} φ_sᵀ u_s:
     u_t + write_t Σ_{s<t} (φ_t·φ_s) u_s = write_t (v_t - φ_t M_0),
   a unit lower-triangular system (I + diag(write) L) U = diag(write) (V - Φ M_0) per batch row and
   head, with L the strictly lower part of Φ Φᵀ; then M_T = M_0 + Φᵀ U.
   """
   T = fk.shape[1]
-  w = write.astype(jnp.float32)[:, None, :, None]  # [B, 1, T, 1]
+  w = jnp.einsum("BTK->BKT", write)[..., None]  # [B, K, T, 1]
   gram = jnp.einsum("BTKH,BSKH->BKTS", fk, fk)  # [B, K, T, T]
   L = jnp.tril(gram, -1) * w
   rhs = w * (jnp.einsum("BTKV->BKTV", v) - jnp.einsum("BTKH,BKHV->BKTV", fk, M))  # [B, K, T, V]
@@ -126,10 +127,13 @@ def update(
     v: jax.Array,
     rule: str,
     mask: jax.Array | None = None,
+    strength: jax.Array | None = None,
 ) -> CompressiveMemory:
   """Writes one segment's keys k [B, T, K, H] and values v [B, T, K, V] into the memory.
 
-  mask [B, T] (bool, False on padding) removes padded tokens from both M and z.
+  mask [B, T] (bool, False on padding) removes padded tokens from both M and z. strength
+  [B, T, K] in [0, 1] (model.write_gate) weighs each token's write: linear and delta add
+  strength·σ(k) to z and strength·σ(k)ᵀ(...) to M, deltanet moves M that fraction of the way.
   """
   if rule not in RULES:
     raise ValueError(f"unknown memory update rule {rule!r}; use one of {RULES}")
@@ -140,17 +144,23 @@ def update(
     raise ValueError(f"v must be [B={B}, T={k.shape[1]}, K={K}, V={V}]; got {v.shape}")
   if mask is not None and mask.shape != k.shape[:2]:
     raise ValueError(f"mask must be [B, T] = {k.shape[:2]}; got {mask.shape}")
+  if strength is not None and strength.shape != k.shape[:3]:
+    raise ValueError(f"strength must be [B, T, K] = {k.shape[:3]}; got {strength.shape}")
+  # One weight per token and head: 0 on padding, else the write strength (1 without one).
+  w = jnp.ones(k.shape[:3], jnp.float32)
+  if mask is not None:
+    w = w * mask[:, :, None].astype(jnp.float32)
+  if strength is not None:
+    w = w * strength.astype(jnp.float32)
 
   v = v.astype(jnp.float32)
   if rule == "deltanet":
-    write = jnp.ones(k.shape[:2], bool) if mask is None else mask
-    return CompressiveMemory(_deltanet_write(memory.M, unit(k), v, write), memory.z)
+    return CompressiveMemory(_deltanet_write(memory.M, unit(k), v, w), memory.z)
   sk = sigma(k)  # [B, T, K, H]
   if rule == "delta":
     # Write only what the memory does not already return for this key (eq. 5).
     v = v - _read(memory, sk[:, :, :, None, :])[:, :, :, 0, :]  # [B, T, K, V]
-  if mask is not None:
-    sk = sk * mask[:, :, None, None].astype(jnp.float32)
+  sk = sk * w[..., None]
   M = memory.M + jnp.einsum("BTKH,BTKV->BKHV", sk, v)  # [B, K, H, V]
   z = memory.z + jnp.einsum("BTKH->BKH", sk)  # [B, K, H]
   return CompressiveMemory(M, z)

@@ -89,8 +89,11 @@ class ModelConfig:
   # token_shift), each with a learned per-channel weight, carried across segments in the state,
   # so that a key written to memory can say what came before it (a one-layer induction key).
   # memory_scale: a learned per-head scale on q and k before σ (InfiniAttention.memory_qk).
+  # write_gate: a learned per-token strength of each memory write (InfiniAttention.write_strength),
+  # so that tokens worth nothing later (filler) need not pile up in M and z.
   token_shift: int = 0
   memory_scale: bool = False
+  write_gate: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -117,6 +120,9 @@ class ModelConfig:
       raise ValueError(f"model.token_shift must be >= 0; got {self.token_shift}")
     if self.memory_scale and self.memory != "infini":
       raise ValueError(f"model.memory_scale scales the compressive memory's q and k: it needs "
+                       f"memory='infini', not {self.memory!r}")
+    if self.write_gate and self.memory != "infini":
+      raise ValueError(f"model.write_gate weighs the compressive memory's writes: it needs "
                        f"memory='infini', not {self.memory!r}")
     if self.memory_scale and self.rule == "deltanet":
       raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "

@@ -21,11 +21,14 @@ def schedule(cfg, steps: int) -> optax.Schedule:
       end_value=cfg.lr * cfg.min_lr_ratio)
 
 
+GATES = ("gate", "memory_scale", "write_gate_w", "write_gate_b")
+
+
 def is_gate(path) -> bool:
   """Whether a pytree path (of a pure dict or an nnx.State) leads to a gate β, or to the other
-  per-head scalar of the memory path, model.memory_scale's log-scale: same rate, no decay."""
-  return any(getattr(k, "key", getattr(k, "name", None)) in ("gate", "memory_scale")
-             for k in path)
+  per-head parameters of the memory path (model.memory_scale's log-scale, model.write_gate's
+  weights): same rate, no decay."""
+  return any(getattr(k, "key", getattr(k, "name", None)) in GATES for k in path)
 
 
 def param_labels(params):

@@ -34,18 +34,22 @@ def np_retrieve(M, z, q, rule="linear"):
   return out
 
 
-def np_update(M, z, k, v, rule, mask):
-  """k [B, T, K, H], v [B, T, K, V], mask [B, T]: one segment written after the read."""
+def np_update(M, z, k, v, rule, mask, strength=None):
+  """k [B, T, K, H], v [B, T, K, V], mask [B, T], strength [B, T, K]: one segment written after
+  the read."""
   M, z = M.copy(), z.copy()
   B, T, K, _ = k.shape
+  if strength is None:
+    strength = np.ones((B, T, K))
   for b in range(B):
     for kv in range(K):
+      beta = strength[b, :, kv] * mask[b]  # [T]
       if rule == "deltanet":  # one token at a time, z untouched
-        for t in np.flatnonzero(mask[b]):
+        for t in range(T):
           fk = np_unit(k[b, t, kv])
-          M[b, kv] += np.outer(fk, v[b, t, kv] - fk @ M[b, kv])
+          M[b, kv] += beta[t] * np.outer(fk, v[b, t, kv] - fk @ M[b, kv])
         continue
-      sk = np_sigma(k[b, :, kv]) * mask[b, :, None]  # [T, H]
+      sk = np_sigma(k[b, :, kv]) * beta[:, None]  # [T, H]
       vv = v[b, :, kv].copy()  # [T, V]
       if rule == "delta":
         for t in range(T):
@@ -81,6 +85,28 @@ def test_stream_of_segments_matches_numpy(rule, heads):
     M, z = np_update(M, z, k, v, rule, mask)
     np.testing.assert_allclose(mem.M, M, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(mem.z, z, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("rule", memlib.RULES)
+def test_write_strength_matches_numpy_and_zero_strength_is_no_write(rule):
+  B, T, K, H = 2, 6, 2, 4
+  mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(random((B, T, K, H), 0)),
+                      jnp.asarray(random((B, T, K, H), 1)), rule)
+  k, v = random((B, T, K, H), 2), random((B, T, K, H), 3)
+  strength = np.random.default_rng(4).uniform(size=(B, T, K))
+  strength[0, 2:4] = 0.0  # tokens 2 and 3 of row 0 write nothing
+  mask = np.ones((B, T), bool)
+  got = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(mask),
+                      jnp.asarray(strength))
+  M, z = np_update(np.asarray(mem.M, np.float64), np.asarray(mem.z, np.float64), k, v, rule,
+                   mask, strength)
+  np.testing.assert_allclose(got.M, M, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(got.z, z, rtol=2e-5, atol=2e-5)
+  skip = mask.copy()
+  skip[0, 2:4] = False
+  skipped = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(skip),
+                          jnp.asarray(strength))
+  np.testing.assert_allclose(skipped.M, got.M, rtol=1e-6, atol=1e-6)
 
 
 def test_delta_differs_from_linear_once_memory_is_not_empty():
@@ -175,6 +201,8 @@ def test_bad_input_names_what_is_wrong():
     memlib.update(mem, k, jnp.zeros((2, 5, 2, 4)), "linear")
   with pytest.raises(ValueError, match="mask must be"):
     memlib.update(mem, k, v, "linear", jnp.ones((2, 4), bool))
+  with pytest.raises(ValueError, match="strength must be"):
+    memlib.update(mem, k, v, "linear", strength=jnp.ones((2, 5)))
   with pytest.raises(ValueError, match="multiple of the memory's key/value heads"):
     memlib.retrieve(mem, jnp.zeros((2, 5, 3, 4)))
   with pytest.raises(ValueError, match="q must be"):

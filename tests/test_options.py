@@ -1,5 +1,5 @@
-"""The options beyond the paper (model.token_shift, model.memory_scale, rule=deltanet) and the teacher-forced
-passkey scorer that works for every memory."""
+"""The options beyond the paper (model.token_shift, model.memory_scale, model.write_gate,
+rule=deltanet) and the teacher-forced passkey scorer that works for every memory."""
 
 import jax
 import jax.numpy as jnp
@@ -93,6 +93,49 @@ def test_memory_scale_decoding_equals_the_scan(make_model):
   np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("rule", ["linear", "delta"])
+def test_write_gate_starts_as_the_paper_and_is_learned(make_model, rule):
+  """At init every token writes with strength 1/2, which scales M and z alike: the paper's read."""
+  plain, gated = make_model(seed=0, rule=rule), make_model(seed=0, rule=rule, write_gate=True)
+  x = tokens(2, 3 * T)
+  np.testing.assert_allclose(forward(gated, x)[0], forward(plain, x)[0], rtol=1e-5, atol=1e-5)
+  graphdef, params = nnx.split(gated)
+  grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
+  for name in ("write_gate_w", "write_gate_b"):
+    g = [np.abs(np.asarray(b["attn"][name][...])).max() for b in grads["blocks"].values()]
+    assert min(g) > 0, name
+  labels = optim.param_labels(nnx.to_pure_dict(params))
+  assert labels["blocks"][0]["attn"]["write_gate_w"] == "gate"  # no decay, the gate's rate
+
+
+def test_write_gate_weighs_each_token_by_its_key(make_model):
+  """The layer's memory is memory.update with strength sigmoid(k·w + b) per token and head."""
+  model = make_model(write_gate=True, num_layers=1)
+  attn = model.blocks[0].attn
+  attn.write_gate_w[...] = jax.random.normal(jax.random.key(5), attn.write_gate_w.shape)
+  attn.write_gate_b[...] = jnp.array([1.0, -2.0])
+  x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
+  empty = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
+  _, state = attn(x, empty)
+  k, v = attn.project_kv(x)
+  beta = jax.nn.sigmoid(jnp.einsum("BTKH,KH->BTK", k, attn.write_gate_w[...]) + jnp.array([1.0, -2.0]))
+  want = memlib.update(empty, k, v, "linear", strength=beta)
+  np.testing.assert_allclose(state.M, want.M, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.z, want.z, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["delta", "deltanet"])
+def test_write_gate_decoding_equals_the_scan(make_model, rule):
+  model = make_model(write_gate=True, rule=rule)
+  for i, block in enumerate(model.blocks):
+    block.attn.write_gate_w[...] = jax.random.normal(jax.random.key(i), (2, TINY.head_dim))
+  x = tokens(4, 3 * T + 2)
+  want, _ = forward(model, x)
+  decoder = gen.Decoder(model, chunk_segments=2)
+  logits, _ = decoder.feed(decoder.start(2), x)
+  np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
+
+
 def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
   model = make_model(rule="deltanet")
   for block in model.blocks:
@@ -111,6 +154,8 @@ def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model)
 
 
 def test_options_are_checked(make_model):
+  with pytest.raises(ValueError, match="write_gate weighs the compressive memory"):
+    make_model(memory="xl", write_gate=True)
   with pytest.raises(ValueError, match="memory_scale has no effect with rule='deltanet'"):
     make_model(memory_scale=True, rule="deltanet")
   with pytest.raises(ValueError, match="memory_scale"):

@@ -21,11 +21,13 @@ class Infini:
   # model.memory_scale: a learned per-key/value-head scale on q and k before σ (see
   # InfiniAttention.memory_qk); off (the paper's σ(q), σ(k)) by default.
   scaled: bool = False
+  # model.write_gate: a learned strength per token for each write (InfiniAttention.write_strength).
+  write_gated: bool = False
   gated = True
 
   @classmethod
   def of(cls, cfg) -> "Infini":
-    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale)
+    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale, cfg.write_gate)
 
   def init_state(self, batch: int) -> memlib.CompressiveMemory:
     return memlib.init_memory(batch, self.K, self.H, self.H)
@@ -38,7 +40,8 @@ class Infini:
     local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
     mq, mk = layer.memory_qk(q, k)
     a_mem = memlib.retrieve(state, mq, self.rule)  # no position encoding on the memory path
-    state = memlib.update(state, mk, v, self.rule, mask)  # after the read: no token reads itself
+    strength = layer.write_strength(k)  # None without model.write_gate
+    state = memlib.update(state, mk, v, self.rule, mask, strength)  # after the read
     g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
     return g * a_mem + (1.0 - g) * local, state
 
