@@ -146,6 +146,8 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
     preempted.restore()
     ckpt.close()
     writer.close()
+  if step < total:  # preempted: no final_metrics.json, which tells scripts the run is complete
+    return dict(step=step, **last)
   with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
     json.dump(dict(step=step, **last), f, indent=2)
   if "eval/perplexity/ppl" in last:

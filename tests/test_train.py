@@ -181,8 +181,11 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path, data_dir):
   code, out = run_train(tmp_path, data_dir, steps=10_000, wait_for=logged, sig=signal.SIGTERM)
   assert code == 0, out[-3000:]
   assert "SIGTERM: saved the checkpoint of step" in out
+  # Not complete: the experiment scripts take final_metrics.json to mean the run is done.
+  assert not (tmp_path / "final_metrics.json").exists()
   saved = max(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert saved == max(losses(tmp_path))
   code, out = run_train(tmp_path, data_dir, steps=saved + 1)
   assert code == 0 and f"resumed from the checkpoint of step {saved}" in out, out[-3000:]
   assert max(losses(tmp_path)) == saved + 1
+  assert json.load(open(tmp_path / "final_metrics.json"))["step"] == saved + 1
