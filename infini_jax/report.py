@@ -27,6 +27,30 @@ from infini_jax.checkpoint import Checkpointer  # noqa: E402
 from infini_jax.model import InfiniTransformer  # noqa: E402
 
 
+def load_model(config, workdir: str, step: int | None = None) -> tuple[InfiniTransformer, int]:
+  """The model of `config` with the parameters of WORKDIR/checkpoints at `step` (default: the
+  latest), on one device. -> (model, step)."""
+  model_cfg = configlib.validate(config)
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"no checkpoints in {directory}: point --workdir at the workdir of a training run, or "
+        f"train first (python train.py --config=... --workdir={workdir})")
+  _note_training_config(config, workdir)
+  abstract = nnx.eval_shape(lambda: InfiniTransformer(model_cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_vars = nnx.split(abstract)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract_params = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      nnx.to_pure_dict(abstract_vars))
+  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    params, step = ckpt.restore_params(abstract_params, step)
+  finally:
+    ckpt.close()
+  return nnx.merge(graphdef, params), step
+
+
 def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[str, dict]:
   """Runs every evaluator of `config` on the checkpoint of `step` (default: the latest) in
   WORKDIR/checkpoints; writes the results to WORKDIR/eval/STEP/ and prints each table.
@@ -39,26 +63,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[s
     raise ValueError("the config has no evaluators (config.evals is empty): add perplexity, "
                      "passkey or gates entries to the evals of the config file")
   evaluators = evaluate.from_config(config)
+  model, step = load_model(config, workdir, step)
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(
-        f"no checkpoints in {directory}: point --workdir at the workdir of a training run, or "
-        f"train first (python train.py --config=... --workdir={workdir})")
-  _note_training_config(config, workdir)
-
-  abstract = nnx.eval_shape(lambda: InfiniTransformer(model_cfg, rngs=nnx.Rngs(0)))
-  graphdef, abstract_vars = nnx.split(abstract)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract_params = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-      nnx.to_pure_dict(abstract_vars))
-  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
-  try:
-    params, step = ckpt.restore_params(abstract_params, step)
-  finally:
-    ckpt.close()
-  model = nnx.merge(graphdef, params)
-
   out_dir = os.path.join(workdir, "eval", str(step))
   os.makedirs(out_dir, exist_ok=True)
   print(f"evaluating the checkpoint of step {step} in {directory}: {config.model_name}, "
