@@ -25,23 +25,6 @@ _LENGTH = flags.DEFINE_integer("length", 2048, "Prompt length in tokens.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parts(text: str, key: str) -> dict[str, np.ndarray]:
-  """Character masks of the prompt's parts (the byte tokenizer: one token per character)."""
-  n = len(text)
-  line = passkey.KEY_LINE.format(key=key)
-  start = text.index(line)
-  question = text.index(passkey.QUESTION)
-  masks = {name: np.zeros(n, bool) for name in ("filler", "key digits", "key line", "question")}
-  masks["question"][question:] = True
-  masks["key line"][start:start + len(line)] = True
-  for i in (line.index(key), line.rindex(key)):
-    masks["key digits"][start + i:start + i + len(key)] = True
-  masks["key line"] &= ~masks["key digits"]
-  masks["filler"][len(passkey.INSTRUCTION):question] = True
-  masks["filler"] &= ~(masks["key line"] | masks["key digits"])
-  return masks
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -55,7 +38,7 @@ def main(argv):
   model, step = report.load_model(config, _WORKDIR.value)
   ex = passkey.make_passkey_example(_LENGTH.value, "middle", 5, np.random.default_rng(0), tok)
   ids = np.array([tok.bos_id] + tok.encode(ex["prompt"]), np.int32)
-  masks = {k: np.concatenate([[False], m]) for k, m in parts(ex["prompt"], ex["answer"]).items()}
+  masks = {k: np.concatenate([[False], m]) for k, m in passkey.prompt_parts(ex["prompt"], ex["answer"]).items()}
 
   recorded = []  # one [T, K] array per layer call, in call order
   original = InfiniAttention.write_strength

@@ -189,17 +189,3 @@ def test_teacher_forced_equals_greedy_decoding(make_model):
   decoded = gen.generate(gen.Decoder(model, chunk_segments=2), [prompt], max_new_tokens=6)[0]
   scored = evaluate.TeacherForced(model, chunk_segments=2)([(prompt, decoded)])[0]
   np.testing.assert_array_equal(scored, decoded)
-
-
-def test_write_strength_report_splits_a_prompt_into_its_parts():
-  from experiments import write_strength
-  from infini_jax.data import passkey, tokenizer
-  ex = passkey.make_passkey_example(600, "middle", 5, np.random.default_rng(1),
-                                    tokenizer.ByteTokenizer())
-  masks = write_strength.parts(ex["prompt"], ex["answer"])
-  stacked = np.stack(list(masks.values()))
-  assert stacked.sum(0).max() == 1  # no character in two parts
-  text = np.array(list(ex["prompt"]))
-  assert "".join(text[masks["key digits"]]) == 2 * ex["answer"]
-  assert "".join(text[masks["question"]]) == passkey.QUESTION
-  assert masks["filler"].sum() > 0.8 * len(text) - len(passkey.INSTRUCTION)

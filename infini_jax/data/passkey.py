@@ -97,6 +97,24 @@ def make_passkey_example(length: int, position: str | float, digits: int,
   }
 
 
+def prompt_parts(prompt: str, key: str) -> dict[str, np.ndarray]:
+  """Character masks [len(prompt)] of a prompt's parts: filler, the key's digits (both copies),
+  the rest of the key line, and the question. The instruction is in none; no character is in
+  two. With the byte tokenizer a character is a token, so these mask token-level records."""
+  n = len(prompt)
+  line = KEY_LINE.format(key=key)
+  start, question = prompt.index(line), prompt.index(QUESTION)
+  masks = {name: np.zeros(n, bool) for name in ("filler", "key digits", "key line", "question")}
+  masks["question"][question:] = True
+  masks["key line"][start:start + len(line)] = True
+  for i in (line.index(key), line.rindex(key)):
+    masks["key digits"][start + i:start + i + len(key)] = True
+  masks["key line"] &= ~masks["key digits"]
+  masks["filler"][len(INSTRUCTION):question] = True
+  masks["filler"] &= ~(masks["key line"] | masks["key digits"])
+  return masks
+
+
 def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
   return np.random.default_rng([seed, SPLIT_STREAM[split], index])
 
