@@ -336,3 +336,20 @@ def test_prompt_parts_split_a_passkey_prompt():
   assert "".join(text[masks["question"]]) == passkey.QUESTION
   assert masks["filler"].sum() > 0.8 * len(text) - len(passkey.INSTRUCTION)
 
+
+def test_runs_started_together_prepare_a_dataset_once(tmp_path):
+  """Two processes preparing the same dataset in one data_dir both succeed and read one copy
+  (they used to race renaming their finished copies into place, and one crashed)."""
+  code = textwrap.dedent(f"""
+      from infini_jax import data
+      b = data.prepare("passkey", {str(tmp_path)!r}, length=300, num_examples=3000,
+                       num_eval_examples=10)
+      print(len(b.as_data_source()["train"]))
+  """)
+  procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.split()[-1] == "3000"
+  assert len(list((tmp_path / "passkey").glob("*/1.0.0"))) == 1

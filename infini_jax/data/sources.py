@@ -21,8 +21,10 @@ folder of .txt files (PG19's train/validation/test layout) can instead go throug
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import tensorflow_datasets as tfds
@@ -72,10 +74,31 @@ def prepare(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.Datase
     raise ValueError(f"{name} is not generated here; prepare it on a machine with TensorFlow "
                      "and internet access: " + _PG19_COMMAND.format(data_dir=data_dir))
   builder = _builder(name, data_dir, builder_kwargs)
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  if builder.is_prepared():
+    return builder
+  # Runs started side by side on one data_dir would both generate and then race to rename their
+  # finished copies into place; the second one crashed. One prepares, the others wait and reuse.
+  with _prepare_lock(data_dir, name):
+    builder = _builder(name, data_dir, builder_kwargs)  # what another process may have written
+    if not builder.is_prepared():
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
+
+
+@contextlib.contextmanager
+def _prepare_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive lock on data_dir/name for this machine's processes (a no-op on gs:// etc.)."""
+  if "://" in os.fspath(data_dir):
+    yield
+    return
+  os.makedirs(os.path.join(data_dir, name), exist_ok=True)
+  with open(os.path.join(data_dir, name, ".prepare.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _prepare_hint(name: str, data_dir: str, builder_kwargs: dict[str, Any]) -> str:
