@@ -48,9 +48,7 @@ class Decoder:
   def __init__(self, model: nnx.Module, chunk_segments: int = 16):
     if chunk_segments < 1:
       raise ValueError(f"chunk_segments must be >= 1; got {chunk_segments}")
-    if model.cfg.token_shift:
-      raise ValueError("key/value-cache decoding does not support model.token_shift; score with "
-                       "the segment scan instead (evaluate.Passkey does)")
+    model.init_cache(1)  # refuses a model that cannot decode this way, before any compiling
     self.model = model
     self.segment_len = model.cfg.segment_len
     self.chunk_len = chunk_segments * self.segment_len

@@ -22,7 +22,7 @@ from flax import nnx
 from infini_jax import sharding as sh
 from infini_jax import memories
 from infini_jax import rope as ropelib
-from infini_jax.attention import InfiniAttention, param
+from infini_jax.attention import InfiniAttention, param, write_cache
 from infini_jax.local_attention import IMPLEMENTATIONS
 from infini_jax.memories import MEMORIES
 from infini_jax.memory import RULES, CompressiveMemory
@@ -271,14 +271,11 @@ class InfiniTransformer(nnx.Module):
     T = x.shape[1]
     shifted = []
     if self.cfg.token_shift:
-      S = self.cfg.token_shift
       prev = extra.pop()  # [B, S]: the tokens before this segment
       ids = jnp.concatenate([prev, tokens], axis=1)  # [B, S + T]
-      e = jnp.take(self.embed[...], ids, axis=0)  # [B, S + T, D], one gather for every offset
-      for j in range(S):  # token t gets token t-1-j
-        x = x + (e[:, S - 1 - j:S - 1 - j + T] * self.shift_mix[j]).astype(self.dtype)
+      x = self._shift(x, ids)
       # Padded tokens (mask False) only come at a stream's end, so the last S ids are carried.
-      shifted = [ids[:, -S:]]
+      shifted = [ids[:, -self.cfg.token_shift:]]
     if self.cfg.memory == "rmt":
       # RMT: the memory tokens are read before the segment and written after it; the outputs of
       # the write tokens are the next segment's memory, the only path between segments.
@@ -295,6 +292,15 @@ class InfiniTransformer(nnx.Module):
       x, written = x[:, p:p + T], x[:, p + T:]
       new_state.append(written)
     return sh.constrain(x, ACTIVATION), tuple(new_state + shifted)
+
+  def _shift(self, x: jax.Array, ids: jax.Array) -> jax.Array:
+    """token_shift: x [B, C, D] plus the weighted embeddings of the S tokens before each of its
+    C tokens; ids [B, S + C] are the S tokens before x's first one, then x's own."""
+    S, C = self.cfg.token_shift, x.shape[1]
+    e = jnp.take(self.embed[...], ids, axis=0)  # [B, S + C, D], one gather for every offset
+    for j in range(S):  # token t gets token t-1-j
+      x = x + (e[:, S - 1 - j:S - 1 - j + C] * self.shift_mix[j]).astype(self.dtype)
+    return x
 
   def __call__(self, tokens: jax.Array, state: tuple | None = None,
                mask: jax.Array | None = None):
@@ -358,9 +364,20 @@ class InfiniTransformer(nnx.Module):
   # own earlier tokens through a key/value cache; once the segment is complete, `flush` writes it
   # into the memories. Positions restart at 0 in every segment, as in the scan.
 
+  # With token_shift the cache also holds the segment's token ids [B, T], and the state's last
+  # entry (the S ids before the segment) is renewed by `flush`, as the scan renews it.
+
   def init_cache(self, batch: int) -> tuple:
-    """Empty key/value caches, one per layer, each for one segment."""
-    return tuple(block.attn.init_cache(batch, self.cfg.segment_len) for block in self.blocks)
+    """Empty key/value caches, one per layer, each for one segment (then the ids, see above)."""
+    if self.cfg.memory not in ("infini", "local", "full"):
+      raise ValueError(f"key/value-cache decoding supports memory=infini, local and full, not "
+                       f"{self.cfg.memory}; evaluate perplexity or score with "
+                       "evaluate.TeacherForced instead")
+    T = self.cfg.segment_len
+    cache = tuple(block.attn.init_cache(batch, T) for block in self.blocks)
+    if self.cfg.token_shift:
+      cache += (jnp.zeros((batch, T), jnp.int32),)
+    return cache
 
   def extend(self, tokens: jax.Array, state: tuple, cache: tuple, pos: jax.Array):
     """tokens [B, C] at positions pos..pos+C-1 of the current segment -> (hidden [B, C, D], cache).
@@ -368,13 +385,26 @@ class InfiniTransformer(nnx.Module):
     Outputs at positions past the segment's end are meaningless (padding). `self.logits(hidden)`
     gives the logits; what the scan would give for these tokens, when pos + C <= segment_len.
     """
+    L = self.cfg.num_layers
     x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, C, D]
+    shifted = ()
+    if self.cfg.token_shift:
+      S, C = self.cfg.token_shift, tokens.shape[1]
+      seg_ids = write_cache(cache[L], tokens, pos)  # [B, T]
+      ids = jnp.concatenate([state[L], seg_ids, jnp.zeros_like(tokens)], axis=1)  # [B, S+T+C]
+      x = self._shift(x, jax.lax.dynamic_slice_in_dim(ids, pos, S + C, axis=1))
+      shifted = (seg_ids,)
     new_cache = []
     for block, layer_state, layer_cache in zip(self.blocks, state, cache):
       x, layer_cache = block.extend(x, layer_state, layer_cache, pos)
       new_cache.append(layer_cache)
-    return x, tuple(new_cache)
+    return x, tuple(new_cache) + shifted
 
   def flush(self, state: tuple, cache: tuple) -> tuple:
     """The state after the complete segment held in `cache` (all segment_len slots written)."""
-    return tuple(block.attn.flush(s, c) for block, s, c in zip(self.blocks, state, cache))
+    L = self.cfg.num_layers
+    new = tuple(block.attn.flush(s, c) for block, s, c in zip(self.blocks, state, cache))
+    if self.cfg.token_shift:
+      ids = jnp.concatenate([state[L], cache[L]], axis=1)  # [B, S + T]
+      new += (ids[:, -self.cfg.token_shift:],)
+    return new

@@ -75,6 +75,33 @@ def test_feeding_in_any_pieces_equals_one_forward_pass(delta_model, decoder):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [dict(token_shift=3),  # fewer than a segment's tokens
+                                     dict(token_shift=11, memory_scale=True, write_gate=True)])
+def test_decoding_with_the_options_equals_one_forward_pass(make_model, options):
+  """token_shift's ids before each token come from the cache inside a segment and from the state
+  across boundaries (11 > T reaches two segments back); memory_scale and write_gate as scanned."""
+  model = mixed_gates(make_model(**options))
+  decoder = gen.Decoder(model, chunk_segments=2)
+  x = tokens(2, L)
+  want, scan_state = forward(model, x)
+  logits, stream = decoder.feed(decoder.start(2), x[:, :2 * T + 3])
+  got = [logits]
+  for t in range(2 * T + 3, x.shape[1]):
+    logits, stream = decoder.step(stream, x[:, t])
+    got.append(logits)
+  np.testing.assert_allclose(np.stack(got, 1), want[:, 2 * T + 2:], rtol=1e-5, atol=1e-5)
+  _, scan_state = forward(model, x[:, :5 * T])
+  for a, b in zip(jax.tree.leaves(stream.memory), jax.tree.leaves(scan_state), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("memory", ["rmt", "xl"])
+def test_decoder_refuses_memories_it_cannot_stream(make_model, memory):
+  extra = dict(memory_tokens=2) if memory == "rmt" else {}
+  with pytest.raises(ValueError, match=f"decoding .*{memory}"):
+    gen.Decoder(make_model(memory=memory, **extra))
+
+
 def test_decoding_state_does_not_grow_with_the_context(decoder):
   sizes = set()
   for length in (1, 7 * T + 3):
