@@ -39,6 +39,11 @@ train gated_seed1_512 "write_gate=true,train_len=512,steps=1500" "$SEED1"
 train gated_seed1_4k "write_gate=true,train_len=4096,steps=700" \
     "$SEED1 --config.init_from=$RUNS/gated_seed1_512/checkpoints --config.optimizer.lr=1e-3"
 sweep gated_seed1_4k "write_gate=true,train_len=4096"
+# Seed 1's 4K stage again from its 512 checkpoint: gates at the base rate; every rate lower.
+train gated_seed1_4k_gatelr1 "write_gate=true,train_len=4096,steps=700" \
+    "$SEED1 --config.init_from=$RUNS/gated_seed1_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
+train gated_seed1_4k_lr3e-4 "write_gate=true,train_len=4096,steps=700" \
+    "$SEED1 --config.init_from=$RUNS/gated_seed1_512/checkpoints --config.optimizer.lr=3e-4"
 train gated_4k_more "write_gate=true,train_len=4096,steps=500" \
     "--config.data.passkey_seed=2 --config.init_from=$RUNS/gated_4k/checkpoints --config.optimizer.lr=3e-4"
 sweep gated_4k_more "write_gate=true,train_len=4096"
