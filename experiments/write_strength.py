@@ -38,7 +38,8 @@ def main(argv):
   model, step = report.load_model(config, _WORKDIR.value)
   ex = passkey.make_passkey_example(_LENGTH.value, "middle", 5, np.random.default_rng(0), tok)
   ids = np.array([tok.bos_id] + tok.encode(ex["prompt"]), np.int32)
-  masks = {k: np.concatenate([[False], m]) for k, m in passkey.prompt_parts(ex["prompt"], ex["answer"]).items()}
+  parts = passkey.prompt_parts(ex["prompt"], ex["answer"])
+  masks = {k: np.concatenate([[False], m]) for k, m in parts.items()}  # BOS is in no part
 
   recorded = []  # one [T, K] array per layer call, in call order
   original = InfiniAttention.write_strength

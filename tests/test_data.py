@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 import infini_jax.data as data
-from infini_jax.data import passkey, pipeline, sources, text_files, tokenizer
+from infini_jax.data import passkey, pipeline, sources, text_files
 from infini_jax.data.local_builder import LocalBuilder
 
 BYTE = data.ByteTokenizer()
@@ -326,8 +326,7 @@ def test_nothing_imports_tensorflow(tmp_path):
 
 
 def test_prompt_parts_split_a_passkey_prompt():
-  ex = passkey.make_passkey_example(600, "middle", 5, np.random.default_rng(1),
-                                    tokenizer.ByteTokenizer())
+  ex = passkey.make_passkey_example(600, "middle", 5, np.random.default_rng(1), BYTE)
   masks = passkey.prompt_parts(ex["prompt"], ex["answer"])
   stacked = np.stack(list(masks.values()))
   assert stacked.sum(0).max() == 1  # no character in two parts

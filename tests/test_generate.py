@@ -83,7 +83,7 @@ def test_decoding_with_the_options_equals_one_forward_pass(make_model, options):
   model = mixed_gates(make_model(**options))
   decoder = gen.Decoder(model, chunk_segments=2)
   x = tokens(2, L)
-  want, scan_state = forward(model, x)
+  want, _ = forward(model, x)
   logits, stream = decoder.feed(decoder.start(2), x[:, :2 * T + 3])
   got = [logits]
   for t in range(2 * T + 3, x.shape[1]):
