@@ -1,0 +1,31 @@
+"""bench/profile.py: the per-op breakdown that guides optimisation must read real traces."""
+
+from bench import profile
+
+
+def test_op_sources_reads_hlo_metadata():
+  hlo = """
+  %dot.7 = f32[128,384]{1,0} dot(%a, %b), lhs_contracting_dims={0}, metadata={op_name="jit(train_step)/while/body/checkpoint/BTD,DF->BTF/transpose" stack_frame_id=9}
+  ROOT %copy_bitcast_fusion.3 = f32[4]{0} fusion(%c), kind=kLoop, calls=%f, metadata={op_name="jit(train_step)/jit(silu)/mul"}
+  %param.1 = f32[4]{0} parameter(0)
+"""
+  sources = profile.op_sources(hlo)
+  assert sources == {"dot.7": "jit(train_step)/while/body/checkpoint/BTD,DF->BTF/transpose",
+                     "copy_bitcast_fusion.3": "jit(train_step)/jit(silu)/mul"}
+  assert profile.short_source(sources["dot.7"]) == "checkpoint/BTD,DF->BTF/transpose"
+  assert profile.short_source(sources["copy_bitcast_fusion.3"]) == "mul"
+
+
+def test_profile_of_a_tiny_training_step():
+  ops = profile.profile("tiny", 128, batch=2, steps=1)
+  total = sum(r["ns_per_step"] for r in ops.values())
+  assert total > 0
+  # The step's matmuls are traced and traced back to the model's einsums.
+  dots = [r for r in ops.values() if "dot_general" in r["source"]]
+  assert dots and sum(r["ns_per_step"] for r in dots) > 0
+  # Nearly all of the time is attributed to some jax operation.
+  unknown = sum(r["ns_per_step"] for r in ops.values() if r["source"] == "?")
+  assert unknown < 0.2 * total
+  rows = profile.table({2: ops}, "kind", top=5)
+  assert len(rows) == 5 and rows[0]["ms_batch2"] >= rows[-1]["ms_batch2"]
+  assert abs(sum(r["share_batch2"] for r in profile.table({2: ops}, "kind", 10**6)) - 1) < 1e-6
