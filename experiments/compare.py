@@ -19,7 +19,6 @@ from flax import nnx
 
 from infini_jax.model import InfiniTransformer, ModelConfig
 
-PPL = "eval/perplexity/ppl"
 
 
 def load(runs: str) -> dict[str, list[dict]]:
@@ -52,19 +51,23 @@ def cell(value: float) -> str:
   return "–" if np.isnan(value) else f"{value:.3f}"  # "–": the run has no such position
 
 
-def table(results: dict[str, list[dict]]) -> tuple[str, list[str]]:
-  buckets = sorted({k[len(PPL) + 5:] for seeds in results.values() for s in seeds
-                    for k in s["metrics"] if k.startswith(PPL + "_seg_")},
+def table(results: dict[str, list[dict]], evaluator: str = "perplexity") -> tuple[str, list[str]]:
+  """A markdown table of `evaluator`'s perplexity per memory (mean ± std over seeds, by segment
+  position), best first, and the position buckets it has."""
+  ppl = f"eval/{evaluator}/ppl"
+  buckets = sorted({k[len(ppl) + 5:] for seeds in results.values() for s in seeds
+                    for k in s["metrics"] if k.startswith(ppl + "_seg_")},
                    key=lambda b: int(b.split("-")[0]))
   head = ["memory", "seeds", "ppl (mean ± std)"] + [f"seg {b}" for b in buckets] + [
       "params", "state / seq"]
   rows = []
-  order = sorted(results, key=lambda n: np.mean([s["metrics"][PPL] for s in results[n]]))
+  results = {n: seeds for n, seeds in results.items() if all(ppl in s["metrics"] for s in seeds)}
+  order = sorted(results, key=lambda n: np.mean([s["metrics"][ppl] for s in results[n]]))
   for name in order:
     seeds = results[name]
     params, state = sizes(seeds[0]["model"])
-    rows.append([name, str(len(seeds)), mean_std([s["metrics"][PPL] for s in seeds])] + [
-        cell(np.mean([s['metrics'].get(f'{PPL}_seg_{b}', np.nan) for s in seeds]))
+    rows.append([name, str(len(seeds)), mean_std([s["metrics"][ppl] for s in seeds])] + [
+        cell(np.mean([s['metrics'].get(f'{ppl}_seg_{b}', np.nan) for s in seeds]))
         for b in buckets] + [f"{params / 1e6:.3f}M", f"{state:,}"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -92,7 +95,7 @@ def gates(results: dict[str, list[dict]]) -> str:
   return head + "\n".join(lines)
 
 
-def plot(results, buckets, path):
+def plot(results, evaluator, buckets, path):
   """Perplexity against the token position where each segment bucket starts (log scale), so that
   runs with different segment lengths (full: one window) line up."""
   import matplotlib
@@ -101,9 +104,12 @@ def plot(results, buckets, path):
   fig, ax = plt.subplots(figsize=(7, 4))
   for name, seeds in sorted(results.items()):
     seg = seeds[0]["model"]["segment_len"]
-    have = [b for b in buckets if f"{PPL}_seg_{b}" in seeds[0]["metrics"]]
+    ppl = f"eval/{evaluator}/ppl"
+    if ppl not in seeds[0]["metrics"]:
+      continue
+    have = [b for b in buckets if f"{ppl}_seg_{b}" in seeds[0]["metrics"]]
     x = [(int(b.split("-")[0]) - 1) * seg + seg / 2 for b in have]  # first segment's middle
-    y = np.array([[s["metrics"][f"{PPL}_seg_{b}"] for b in have] for s in seeds])
+    y = np.array([[s["metrics"][f"{ppl}_seg_{b}"] for b in have] for s in seeds])
     ax.errorbar(x, y.mean(0), yerr=y.std(0), label=f"{name} (segment {seg})", marker="o",
                 capsize=2)
   ax.set_xscale("log", base=2)
@@ -121,14 +127,24 @@ def main(argv):
   results = load(runs)
   if not results:
     sys.exit(f"no finished runs (NAME/seedN/final_metrics.json) under {runs}")
-  text, buckets = table(results)
+  tables, plots = [], []
+  # Every perplexity evaluator the runs have (configs/python_lm.py: perplexity, at the trained
+  # length, and perplexity_long, streamed far beyond it).
+  evaluators = sorted({k.split("/")[1] for seeds in results.values() for s in seeds
+                       for k in s["metrics"] if k.startswith("eval/") and k.endswith("/ppl")})
+  for evaluator in evaluators:
+    text, buckets = table(results, evaluator)
+    tables.append(f"{evaluator}:\n\n{text}")
+    plots.append((evaluator, buckets))
   g = gates(results)
-  report = text + ("\n\n" + g if g else "") + "\n"
+  report = "\n\n".join(tables) + ("\n\n" + g if g else "") + "\n"
   print(report)
   with open(os.path.join(runs, "compare.md"), "w") as f:
     f.write(report)
-  plot(results, buckets, os.path.join(runs, "compare.png"))
-  print("wrote", os.path.join(runs, "compare.md"), "and compare.png")
+  for evaluator, buckets in plots:
+    plot(results, evaluator, buckets, os.path.join(runs, f"compare_{evaluator}.png"))
+  print("wrote", os.path.join(runs, "compare.md"), "and", ", ".join(
+      f"compare_{evaluator}.png" for evaluator, _ in plots))
 
 
 if __name__ == "__main__":

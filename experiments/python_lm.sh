@@ -3,12 +3,13 @@
 # A finished run (final_metrics.json) is skipped and an interrupted one resumes from its last
 # checkpoint, so this can be stopped and re-run.
 #   bash experiments/python_lm.sh [RUNS_DIR [STEPS [MEMORIES]]]
-# defaults: runs/python_lm, 300 steps (about 65 CPU-minutes for all), every memory; for example
-#   bash experiments/python_lm.sh runs/python_lm_1000 1000 "local infini:linear xl"
+# defaults: runs/python_lm, 1,500 steps, Infini (linear), local and XL (about 100 CPU-minutes);
+# every memory at 300 steps, for example:
+#   bash experiments/python_lm.sh runs/python_lm_all 300 "infini:linear infini:delta local xl memorizing rmt full"
 set -euo pipefail
 RUNS=${1:-runs/python_lm}
-STEPS=${2:-300}
-MEMORIES=${3:-infini:linear infini:delta local xl memorizing rmt full}
+STEPS=${2:-1500}
+MEMORIES=${3:-infini:linear local xl}
 PY=${PYTHON:-.venv/bin/python}
 for seed in 0 1 2; do
   for m in $MEMORIES; do

@@ -1,0 +1,41 @@
+"""experiments/compare.py: the Table 2 report reads every perplexity evaluator of finished runs."""
+
+import dataclasses
+import json
+import os
+
+from configs import models
+from experiments import compare
+
+
+def write_run(runs, name, seed, metrics):
+  run = os.path.join(runs, name, f"seed{seed}")
+  os.makedirs(run)
+  with open(os.path.join(run, "config.json"), "w") as f:
+    json.dump({"model": dataclasses.asdict(models.PRESETS["tiny"])}, f)
+  with open(os.path.join(run, "final_metrics.json"), "w") as f:
+    json.dump(metrics, f)
+
+
+def test_one_table_per_perplexity_evaluator(tmp_path):
+  runs = str(tmp_path)
+  for seed, (a, b) in enumerate([(4.0, 6.0), (4.2, 6.4)]):
+    write_run(runs, "infini_linear", seed, {
+        "eval/perplexity/ppl": a, "eval/perplexity/ppl_seg_1": a + 1,
+        "eval/perplexity_long/ppl": b, "eval/perplexity_long/ppl_seg_129-256": b - 1})
+    write_run(runs, "local", seed, {"eval/perplexity/ppl": a + 0.5,
+                                    "eval/perplexity_long/ppl": b - 1})
+  write_run(runs, "full", 0, {"eval/perplexity/ppl": 9.0})  # no long evaluation: left out there
+  compare.main([runs])
+  report = open(os.path.join(runs, "compare.md")).read()
+  short, long = report.split("perplexity_long:")
+  assert short.startswith("perplexity:")
+  # Best first, mean ± sample std over seeds; a missing position is a dash.
+  rows = [line for line in short.splitlines() if line.startswith("| ") and "seeds" not in line]
+  assert [r.split(" | ")[0][2:] for r in rows] == ["infini_linear", "local", "full"]
+  assert "| 4.100 ± 0.141 | 5.100 |" in rows[0] and "| – |" in rows[1]
+  rows = [line for line in long.splitlines() if line.startswith("| ") and "seeds" not in line]
+  assert [r.split(" | ")[0][2:] for r in rows] == ["local", "infini_linear"]
+  assert "| 5.200 ± 0.283 |" in rows[0] and "| 5.200 |" in rows[1]  # seg 129-256: 5.0, 5.4
+  for evaluator in ("perplexity", "perplexity_long"):
+    assert os.path.getsize(os.path.join(runs, f"compare_{evaluator}.png")) > 0
