@@ -66,6 +66,9 @@ def op_times(xplane_path: str) -> collections.Counter:
       if event.name.startswith(("ThunkExecutor", "end: ")):
         continue
       times[event.name] += event.duration_ns
+  if not times:
+    found = {plane.name: [line.name for line in plane.lines] for plane in data.planes}
+    raise RuntimeError(f"no XLA op events in {xplane_path}; its planes and lines: {found}")
   return times
 
 

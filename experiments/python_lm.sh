@@ -3,23 +3,25 @@
 # A finished run (final_metrics.json) is skipped and an interrupted one resumes from its last
 # checkpoint, so this can be stopped and re-run.
 #   bash experiments/python_lm.sh [RUNS_DIR [STEPS [MEMORIES]]]
-# defaults: runs/python_lm, 1,500 steps, Infini (linear), local and XL (about 100 CPU-minutes);
+# defaults: runs/python_lm, 1,500 steps, Infini (linear, and with the write gate), local and XL
+# (about 130 CPU-minutes);
 # every memory at 300 steps, for example:
 #   bash experiments/python_lm.sh runs/python_lm_all 300 "infini:linear infini:delta local xl memorizing rmt full"
 set -euo pipefail
 RUNS=${1:-runs/python_lm}
 STEPS=${2:-1500}
-MEMORIES=${3:-infini:linear local xl}
+MEMORIES=${3:-infini:linear local infini:linear:write_gate xl}
 PY=${PYTHON:-.venv/bin/python}
 for seed in 0 1 2; do
   for m in $MEMORIES; do
-    memory=${m%%:*}; rule=linear; [ "$memory" = infini ] && rule=${m#*:}
-    name=$memory; [ "$memory" = infini ] && name=infini_$rule
+    # MEMORY, or infini:RULE, or infini:RULE:write_gate (model.write_gate on)
+    IFS=: read -r memory rule gate <<< "$m"; rule=${rule:-linear}; gate=${gate:+true}
+    name=$memory; [ "$memory" = infini ] && name=infini_$rule${gate:+_write_gate}
     dir=$RUNS/$name/seed$seed
     [ -f "$dir/final_metrics.json" ] && continue
     mkdir -p "$dir"
     echo "$(date +%T) $name seed $seed"
-    "$PY" train.py --config="configs/python_lm.py:memory=$memory,rule=$rule,steps=$STEPS" \
+    "$PY" train.py --config="configs/python_lm.py:memory=$memory,rule=$rule,write_gate=${gate:-false},steps=$STEPS" \
         --config.seed="$seed" --workdir="$dir" > "$dir/train.log" 2>&1
   done
 done
