@@ -24,6 +24,7 @@ from flax import nnx  # noqa: E402
 from infini_jax import config as configlib  # noqa: E402
 from infini_jax import evaluate  # noqa: E402
 from infini_jax.checkpoint import Checkpointer  # noqa: E402
+from infini_jax.data import pipeline  # noqa: E402
 from infini_jax.model import InfiniTransformer  # noqa: E402
 
 
@@ -70,6 +71,9 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[s
   print(f"evaluating the checkpoint of step {step} in {directory}: {config.model_name}, "
         f"memory={model_cfg.memory} rule={model_cfg.rule}, segment {model_cfg.segment_len}",
         flush=True)
+  # The embedded datasets are generated here, as the trainer does: a run with other data
+  # settings (another passkey seed, a fresh data_dir) is evaluated without training first.
+  pipeline.prepare_from_config(config.data, config.seq_len)
   results = {}
   for name, ev in evaluators.items():
     start = time.perf_counter()

@@ -130,15 +130,18 @@ def run_eval(*flags):
                         cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_eval_py_end_to_end(config, trained):
+def test_eval_py_end_to_end(config, trained, tmp_path):
+  # A data_dir where nothing is prepared: eval.py generates the embedded dataset, as training does.
+  fresh = str(tmp_path / "tfds")
   overrides = [f"--config.model.{k}={v}" for k, v in MODEL.items()] + [
       f"--config.seq_len={config.seq_len}", "--config.data.subset=small",
-      f"--config.data.data_dir={config.data.data_dir}", "--config.evals.perplexity.max_tokens=120",
+      f"--config.data.data_dir={fresh}", "--config.evals.perplexity.max_tokens=120",
       "--config.evals.passkey.lengths=(260,)", "--config.evals.passkey.samples=1",
       "--config.evals.passkey.batch_size=1"]
   proc = run_eval(f"--workdir={trained}", *overrides)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "passkey retrieval accuracy" in proc.stdout and "perplexity by context" in proc.stdout
+  assert os.listdir(os.path.join(fresh, "python_code"))
   out = os.path.join(trained, "eval", "2")
   assert sorted(os.listdir(out)) == sorted(
       [f"{n}.{e}" for n in ("gates", "passkey", "perplexity") for e in ("json", "png")]
