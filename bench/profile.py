@@ -17,7 +17,7 @@ ratio: a row that grows faster than the batch is what makes a larger batch slowe
 
   python -m bench.profile                                   # demo preset on this CPU
   python -m bench.profile --preset=1b --seq_len=32768 --batches=1,2 --attention_impl=xla \
-      --dtype=bfloat16                                      # the 1b GPU question (bench.gpu_1b)
+      --steps=2                                             # the 1b GPU question (bench.gpu_1b)
 Writes bench/out/profile_PRESET.json.
 """
 
@@ -86,7 +86,7 @@ def profile(preset: str, seq_len: int, batch: int, steps: int, **overrides) -> d
     times = op_times(path)
   sources = op_sources(step.compiled.as_text())
   step.release()
-  return {op: dict(ns_per_step=ns / steps, kind=re.sub(r"\.\d+$", "", op),
+  return {op: dict(ns_per_step=ns / steps, op=op, kind=re.sub(r"\.\d+$", "", op),
                    source=short_source(sources.get(op, "?"))) for op, ns in times.items()}
 
 
@@ -95,8 +95,8 @@ def table(per_batch: dict[int, dict], key: str, top: int) -> list[dict]:
   batches = list(per_batch)
   grouped = {b: collections.Counter() for b in batches}
   for b, ops in per_batch.items():
-    for op, row in ops.items():
-      grouped[b][op if key == "op" else row[key]] += row["ns_per_step"]
+    for row in ops.values():
+      grouped[b][row[key]] += row["ns_per_step"]
   first = grouped[batches[0]]
   total = {b: sum(g.values()) for b, g in grouped.items()}
   rows = []

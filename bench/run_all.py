@@ -68,8 +68,9 @@ def headlines(out: str) -> list[str]:
       lines.append(f"layer: {r['name']}: {r['train_tokens_per_s']:.0f} tok/s fwd+bwd, MFU "
                    f"{r['train_mfu']:.1%}")
   if pr := load("profile_demo"):
-    top = ", ".join(f"{r['kind']} {r['share_batch8']:.0%}" for r in pr["by_kind"][:3])
-    lines.append(f"profile/demo: op time per step {pr['total_ms']['8']:.0f} ms; {top}")
+    b = pr["batches"][0]
+    top = ", ".join(f"{r['kind']} {r[f'share_batch{b}']:.0%}" for r in pr["by_kind"][:3])
+    lines.append(f"profile/demo: op time per step {pr['total_ms'][str(b)]:.0f} ms; {top}")
   if sb := load("state_bytes"):
     for preset, c in sb["curves"].items():
       last = c["rows"][-1]

@@ -20,7 +20,6 @@ from flax import nnx
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 
-
 def load(runs: str) -> dict[str, list[dict]]:
   """name -> one dict per finished seed: its final metrics and its model config."""
   out = {}
@@ -51,7 +50,7 @@ def cell(value: float) -> str:
   return "–" if np.isnan(value) else f"{value:.3f}"  # "–": the run has no such position
 
 
-def table(results: dict[str, list[dict]], evaluator: str = "perplexity") -> tuple[str, list[str]]:
+def table(results: dict[str, list[dict]], evaluator: str) -> tuple[str, list[str]]:
   """A markdown table of `evaluator`'s perplexity per memory (mean ± std over seeds, by segment
   position), best first, and the position buckets it has."""
   ppl = f"eval/{evaluator}/ppl"
@@ -102,9 +101,9 @@ def plot(results, evaluator, buckets, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(7, 4))
+  ppl = f"eval/{evaluator}/ppl"
   for name, seeds in sorted(results.items()):
     seg = seeds[0]["model"]["segment_len"]
-    ppl = f"eval/{evaluator}/ppl"
     if ppl not in seeds[0]["metrics"]:
       continue
     have = [b for b in buckets if f"{ppl}_seg_{b}" in seeds[0]["metrics"]]
