@@ -14,7 +14,8 @@ docs/RESULTS.md has the figures.
   python -m experiments.compare runs/python_lm      # RUNS/NAME/seedN: the comparison table
 `memory` is one of infini (rule=linear|delta|deltanet), local, full, xl, memorizing, compressive, rmt.
 `write_gate=true` adds model.write_gate to infini (a learned strength of each token's memory write,
-beyond the paper; configs/passkey.py measures it on retrieval).
+beyond the paper; configs/passkey.py measures it on retrieval). `decay=true` adds
+model.memory_decay (a learned per-head fade of earlier segments' writes, beyond the paper).
 `full` attends over the whole training window (one segment of 2,048); it reads held-out files
 in windows of 2,048 that do not see each other.
 """
@@ -34,12 +35,13 @@ BASELINES = dict(memorizing=dict(memory_size=16 * SEGMENT, topk=32),
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=1500,
-                            write_gate=False)
+                            write_gate=False, decay=False)
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.steps = 20
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
                          num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=SEGMENT,
-                         write_gate=arg.write_gate, **BASELINES.get(arg.memory, {}))
+                         write_gate=arg.write_gate, memory_decay=arg.decay,
+                         **BASELINES.get(arg.memory, {}))
   c.seq_len = TRAIN_LEN
   if arg.memory == "full":
     c.model.segment_len = TRAIN_LEN  # one segment: causal attention over the whole window

@@ -14,14 +14,16 @@ MEMORIES=${3:-infini:linear local infini:linear:write_gate xl}
 PY=${PYTHON:-.venv/bin/python}
 for seed in 0 1 2; do
   for m in $MEMORIES; do
-    # MEMORY, or infini:RULE, or infini:RULE:write_gate (model.write_gate on)
-    IFS=: read -r memory rule gate <<< "$m"; rule=${rule:-linear}; gate=${gate:+true}
-    name=$memory; [ "$memory" = infini ] && name=infini_$rule${gate:+_write_gate}
+    # MEMORY, or infini:RULE, or infini:RULE:OPTION with OPTION write_gate or decay (that
+    # config argument on: model.write_gate or model.memory_decay)
+    IFS=: read -r memory rule option <<< "$m"; rule=${rule:-linear}
+    args="memory=$memory,rule=$rule,steps=$STEPS${option:+,$option=true}"
+    name=$memory; [ "$memory" = infini ] && name=infini_$rule${option:+_$option}
     dir=$RUNS/$name/seed$seed
     [ -f "$dir/final_metrics.json" ] && continue
     mkdir -p "$dir"
     echo "$(date +%T) $name seed $seed"
-    "$PY" train.py --config="configs/python_lm.py:memory=$memory,rule=$rule,write_gate=${gate:-false},steps=$STEPS" \
+    "$PY" train.py --config="configs/python_lm.py:$args" \
         --config.seed="$seed" --workdir="$dir" > "$dir/train.log" 2>&1
   done
 done

@@ -115,6 +115,12 @@ class InfiniAttention(nnx.Module):
                                     sharding=(sh.KV_HEADS, sh.HEAD_DIM), eager_sharding=False)
       self.write_gate_b = nnx.Param(jnp.zeros((K,), jnp.float32), sharding=(sh.KV_HEADS,),
                                     eager_sharding=False)
+    if getattr(memory, "decayed", False):
+      # γ = sigmoid(a) per key/value head, float32 like the gate. The heads start at half-lives
+      # spread from 1 to about 20 segments (γ from 0.5 to 0.97): some summarise the last few
+      # segments, some much of the stream, and training moves each where it pays.
+      self.memory_decay = nnx.Param(jnp.linspace(0.0, jnp.log(31.0), K, dtype=jnp.float32),
+                                    sharding=(sh.KV_HEADS,), eager_sharding=False)
 
   def init_state(self, batch: int):
     return self.segment_memory.init_state(batch)
@@ -141,6 +147,13 @@ class InfiniAttention(nnx.Module):
       return None
     logit = jnp.einsum("BTKH,KH->BTK", k.astype(jnp.float32), self.write_gate_w[...])
     return jax.nn.sigmoid(logit + self.write_gate_b[...])
+
+  def decay(self) -> jax.Array | None:
+    """γ [K] in (0, 1), how much of the memory each segment keeps (model.memory_decay); None
+    without it (the paper's memory keeps everything)."""
+    if not hasattr(self, "memory_decay"):
+      return None
+    return jax.nn.sigmoid(self.memory_decay[...])
 
   def gate_value(self) -> jax.Array:
     """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context."""
@@ -212,7 +225,8 @@ class InfiniAttention(nnx.Module):
     if isinstance(self.segment_memory, memories.Local):
       return state
     return memlib.update(state, self.memory_qk(None, cache.k)[1], cache.v,
-                         self.segment_memory.rule, strength=self.write_strength(cache.k))
+                         self.segment_memory.rule, strength=self.write_strength(cache.k),
+                         decay=self.decay())
 
   def _check_decodable(self):
     if not isinstance(self.segment_memory, (memories.Infini, memories.Local)):

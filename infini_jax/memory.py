@@ -21,6 +21,11 @@ key that later writes do not overlap stays exact however long the stream (z, kep
 shape, stays 0). The paper's delta rule writes a segment at once, which for unit keys overshoots
 wherever a key repeats inside the segment; here the segment is written exactly as T sequential
 writes, in parallel through one triangular solve (see `_deltanet_write`).
+
+Also beyond the paper (model.memory_decay): a decay γ in (0, 1) per key/value head that fades
+what earlier segments wrote before each write, M ← γ M, z ← γ z. With the linear rule the read
+σ(q)M / σ(q)z then weighs segment s-j by γ^j: a recency-weighted summary whose sharpness does
+not wash out as the stream grows, where the paper's memory averages over everything written.
 """
 
 from __future__ import annotations
@@ -128,12 +133,15 @@ def update(
     rule: str,
     mask: jax.Array | None = None,
     strength: jax.Array | None = None,
+    decay: jax.Array | None = None,
 ) -> CompressiveMemory:
   """Writes one segment's keys k [B, T, K, H] and values v [B, T, K, V] into the memory.
 
   mask [B, T] (bool, False on padding) removes padded tokens from both M and z. strength
   [B, T, K] in [0, 1] (model.write_gate) weighs each token's write: linear and delta add
   strength·σ(k) to z and strength·σ(k)ᵀ(...) to M, deltanet moves M that fraction of the way.
+  decay [K] in (0, 1] (model.memory_decay) scales M and z before the write, in every row with
+  at least one real token: a segment that is all padding leaves the memory as it was.
   """
   if rule not in RULES:
     raise ValueError(f"unknown memory update rule {rule!r}; use one of {RULES}")
@@ -146,6 +154,8 @@ def update(
     raise ValueError(f"mask must be [B, T] = {k.shape[:2]}; got {mask.shape}")
   if strength is not None and strength.shape != k.shape[:3]:
     raise ValueError(f"strength must be [B, T, K] = {k.shape[:3]}; got {strength.shape}")
+  if decay is not None and decay.shape != (K,):
+    raise ValueError(f"decay must be [K] = ({K},), one per key/value head; got {decay.shape}")
   # One weight per token and head: 0 on padding, else the write strength (1 without one).
   w = jnp.ones(k.shape[:3], jnp.float32)
   if mask is not None:
@@ -154,6 +164,10 @@ def update(
     w = w * strength.astype(jnp.float32)
 
   v = v.astype(jnp.float32)
+  if decay is not None:
+    real = jnp.ones((B, 1), bool) if mask is None else jnp.any(mask, axis=1)[:, None]  # [B, 1]
+    gamma = jnp.where(real, decay.astype(jnp.float32)[None, :], 1.0)  # [B, K]
+    memory = CompressiveMemory(memory.M * gamma[:, :, None, None], memory.z * gamma[:, :, None])
   if rule == "deltanet":
     return CompressiveMemory(_deltanet_write(memory.M, unit(k), v, w), memory.z)
   sk = sigma(k)  # [B, T, K, H]

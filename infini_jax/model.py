@@ -91,9 +91,12 @@ class ModelConfig:
   # memory_scale: a learned per-head scale on q and k before σ (InfiniAttention.memory_qk).
   # write_gate: a learned per-token strength of each memory write (InfiniAttention.write_strength),
   # so that tokens worth nothing later (filler) need not pile up in M and z.
+  # memory_decay: a learned per-head decay of the memory before each segment's write
+  # (InfiniAttention.decay), so that the read weighs recent segments more than old ones.
   token_shift: int = 0
   memory_scale: bool = False
   write_gate: bool = False
+  memory_decay: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -123,6 +126,9 @@ class ModelConfig:
                        f"memory='infini', not {self.memory!r}")
     if self.write_gate and self.memory != "infini":
       raise ValueError(f"model.write_gate weighs the compressive memory's writes: it needs "
+                       f"memory='infini', not {self.memory!r}")
+    if self.memory_decay and self.memory != "infini":
+      raise ValueError(f"model.memory_decay fades the compressive memory: it needs "
                        f"memory='infini', not {self.memory!r}")
     if self.memory_scale and self.rule == "deltanet":
       raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "

@@ -34,15 +34,18 @@ def np_retrieve(M, z, q, rule="linear"):
   return out
 
 
-def np_update(M, z, k, v, rule, mask, strength=None):
-  """k [B, T, K, H], v [B, T, K, V], mask [B, T], strength [B, T, K]: one segment written after
-  the read."""
+def np_update(M, z, k, v, rule, mask, strength=None, decay=None):
+  """k [B, T, K, H], v [B, T, K, V], mask [B, T], strength [B, T, K], decay [K]: one segment
+  written after the read."""
   M, z = M.copy(), z.copy()
   B, T, K, _ = k.shape
   if strength is None:
     strength = np.ones((B, T, K))
   for b in range(B):
     for kv in range(K):
+      if decay is not None and mask[b].any():  # earlier segments fade before the write
+        M[b, kv] *= decay[kv]
+        z[b, kv] *= decay[kv]
       beta = strength[b, :, kv] * mask[b]  # [T]
       if rule == "deltanet":  # one token at a time, z untouched
         for t in range(T):
@@ -107,6 +110,32 @@ def test_write_strength_matches_numpy_and_zero_strength_is_no_write(rule):
   skipped = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(skip),
                           jnp.asarray(strength))
   np.testing.assert_allclose(skipped.M, got.M, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", memlib.RULES)
+def test_decay_matches_numpy_and_an_all_padding_segment_keeps_the_memory(rule):
+  B, T, K, H, S = 2, 4, 3, 4, 3
+  decay = np.array([0.5, 0.9, 0.99])
+  mem = memlib.init_memory(B, K, H, H)
+  M, z = np.zeros((B, K, H, H)), np.zeros((B, K, H))
+  for s in range(S):
+    k, v = random((B, T, K, H), 2 * s), random((B, T, K, H), 2 * s + 1)
+    mask = np.ones((B, T), bool)
+    mask[1] = s != 1  # row 1's second segment is all padding
+    mem = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(mask),
+                        decay=jnp.asarray(decay, jnp.float32))
+    M, z = np_update(M, z, k, v, rule, mask, decay=decay)
+    np.testing.assert_allclose(mem.M, M, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(mem.z, z, rtol=2e-5, atol=2e-5)
+  # The linear read weighs segment s-j by decay^j: the oldest segment fades most in head 0.
+  linear = memlib.update(memlib.init_memory(1, K, H, H), jnp.ones((1, 1, K, H)),
+                         jnp.ones((1, 1, K, H)), "linear")
+  faded = memlib.update(linear, jnp.ones((1, 1, K, H)), 3 * jnp.ones((1, 1, K, H)), "linear",
+                        decay=jnp.asarray(decay, jnp.float32))
+  read = memlib.retrieve(faded, jnp.ones((1, 1, K, H)))[0, 0, :, 0]  # [K]
+  np.testing.assert_allclose(read, (decay * 1 + 3) / (decay + 1), rtol=1e-5)
+  with pytest.raises(ValueError, match="decay must be"):
+    memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, decay=jnp.ones((2,)))
 
 
 def test_delta_differs_from_linear_once_memory_is_not_empty():

@@ -1,5 +1,5 @@
 """The options beyond the paper (model.token_shift, model.memory_scale, model.write_gate,
-rule=deltanet) and the teacher-forced passkey scorer that works for every memory."""
+model.memory_decay, rule=deltanet) and the teacher-forced passkey scorer that works for every memory."""
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +136,36 @@ def test_write_gate_decoding_equals_the_scan(make_model, rule):
   np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
 
 
+def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_model):
+  model = make_model(memory_decay=True, num_layers=1)
+  attn = model.blocks[0].attn
+  gamma = np.asarray(attn.decay())
+  assert gamma.shape == (2,) and 0.4 < gamma.min() < gamma.max() < 1.0  # spread over heads
+  # The layer's memory after two segments is memory.update with that decay.
+  x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
+  empty = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
+  _, state = attn(x, empty)
+  _, state = attn(x, state)
+  k, v = attn.project_kv(x)
+  want = memlib.update(memlib.update(empty, k, v, "linear", decay=attn.decay()), k, v, "linear",
+                       decay=attn.decay())
+  np.testing.assert_allclose(state.M, want.M, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.z, want.z, rtol=1e-5, atol=1e-6)
+
+  model = make_model(memory_decay=True, rule="delta")
+  x = tokens(4, 3 * T + 2)
+  graphdef, params = nnx.split(model)
+  grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
+  g = [np.abs(np.asarray(b["attn"]["memory_decay"][...])).max() for b in grads["blocks"].values()]
+  assert min(g) > 0
+  labels = optim.param_labels(nnx.to_pure_dict(params))
+  assert labels["blocks"][0]["attn"]["memory_decay"] == "gate"  # no weight decay, the gate's rate
+  want, _ = forward(model, x)
+  decoder = gen.Decoder(model, chunk_segments=2)
+  logits, _ = decoder.feed(decoder.start(2), x)
+  np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
+
+
 def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
   model = make_model(rule="deltanet")
   for block in model.blocks:
@@ -162,6 +192,8 @@ def test_options_are_checked(make_model):
     make_model(memory="xl", memory_scale=True)
   with pytest.raises(ValueError, match="token_shift"):
     make_model(token_shift=-1)
+  with pytest.raises(ValueError, match="memory_decay fades the compressive memory"):
+    make_model(memory="local", memory_decay=True)
 
 
 @pytest.mark.parametrize("memory", ["infini", "xl"])

@@ -23,11 +23,14 @@ class Infini:
   scaled: bool = False
   # model.write_gate: a learned strength per token for each write (InfiniAttention.write_strength).
   write_gated: bool = False
+  # model.memory_decay: a learned per-head fade of earlier writes (InfiniAttention.decay).
+  decayed: bool = False
   gated = True
 
   @classmethod
   def of(cls, cfg) -> "Infini":
-    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale, cfg.write_gate)
+    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale, cfg.write_gate,
+               cfg.memory_decay)
 
   def init_state(self, batch: int) -> memlib.CompressiveMemory:
     return memlib.init_memory(batch, self.K, self.H, self.H)
@@ -41,7 +44,7 @@ class Infini:
     mq, mk = layer.memory_qk(q, k)
     a_mem = memlib.retrieve(state, mq, self.rule)  # no position encoding on the memory path
     strength = layer.write_strength(k)  # None without model.write_gate
-    state = memlib.update(state, mk, v, self.rule, mask, strength)  # after the read
+    state = memlib.update(state, mk, v, self.rule, mask, strength, layer.decay())  # after the read
     g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
     return g * a_mem + (1.0 - g) * local, state
 
