@@ -182,7 +182,8 @@ class TrainStep:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch, seq_len + 1)).astype(np.int32)
     self._host_batch = dict(inputs=x[:, :-1], targets=x[:, 1:],
-                            mask=np.ones((batch, seq_len), bool))
+                            mask=np.ones((batch, seq_len), bool),
+                            weights=np.ones((batch, seq_len), np.float32))
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.setup.batch_sharding)
                       for k, v in self._host_batch.items()}
     with self._ctx():

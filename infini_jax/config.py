@@ -14,6 +14,7 @@ from configs import models
 from infini_jax import evaluate
 from infini_jax.evaluate import REGISTRY as EVALUATORS
 from infini_jax import sharding as sh
+from infini_jax.data import pipeline
 from infini_jax.data.tokenizer import get_tokenizer
 from infini_jax.model import ModelConfig
 from infini_jax.optim import OPTIMIZERS
@@ -32,7 +33,10 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
   c.data = ml_collections.ConfigDict(dict(
       name="python_code", subset="stdlib", data_dir="data/tfds", tokenizer="byte", text_glob="",
       train_split="train", eval_split="validation",
-      passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000))
+      passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000,
+      # The training loss's weight on the passkey answer's tokens (every other target weighs 1):
+      # the answer is a handful of tokens in thousands, the part retrieval is learned from.
+      answer_weight=1.0))
 
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", lr=3e-3, min_lr_ratio=0.1, warmup_steps=100, weight_decay=0.1, b1=0.9,
@@ -108,6 +112,7 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
   if config.data.name == "text_files" and not config.data.text_glob:
     raise ValueError("data.text_glob is empty: point it at your corpus, e.g. "
                      "--config.data.text_glob='/data/books/*.txt'")
+  pipeline.answer_tokens(config.data)  # raises on a data.answer_weight the dataset cannot use
   if config.init_from and not epath.Path(config.init_from).is_dir():
     raise ValueError(f"init_from={config.init_from} is not a directory: point it at the --out of "
                      "python -m infini_jax.convert or at a training run's WORKDIR/checkpoints")

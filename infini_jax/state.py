@@ -22,20 +22,22 @@ from infini_jax import optim
 from infini_jax import sharding as sh
 from infini_jax.model import InfiniTransformer, ModelConfig
 
-BATCH_KEYS = ("inputs", "targets", "mask")
+BATCH_KEYS = ("inputs", "targets", "mask", "weights")
 
 
 def make_train_step(graphdef, tx, lr_schedule, grad_accum: int) -> Callable:
   """train_step(state, batch) -> (state, metrics): one optimizer step over grad_accum micro-batches.
 
-  The loss is the mean over real (mask True) target tokens of the whole global batch, whatever the
-  split into micro-batches.
+  The loss is the mean over target tokens of the whole global batch, each weighed by the batch's
+  "weights" (the data pipeline's: 1 on real tokens, 0 on padding, data.answer_weight on a passkey
+  answer), whatever the split into micro-batches.
   """
 
   def micro_loss(params, micro):
     model = nnx.merge(graphdef, params)
     nll, _ = model.nll(micro["inputs"], micro["targets"], mask=micro["mask"])
-    return nll.sum(), micro["mask"].sum()
+    weights = jnp.where(micro["mask"], micro["weights"], 0.0)
+    return (nll * weights).sum(), weights.sum()
 
   def train_step(state, batch):
     params = state["params"]
@@ -47,8 +49,8 @@ def make_train_step(graphdef, tx, lr_schedule, grad_accum: int) -> Callable:
       return (jax.tree.map(jnp.add, grads, g), loss + l, count + n), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (grads, loss, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0), micro)
-    count = jnp.maximum(count, 1).astype(jnp.float32)
+    (grads, loss, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), micro)
+    count = jnp.maximum(count, 1e-6)
     grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_state = dict(step=state["step"] + 1, params=optax.apply_updates(params, updates),

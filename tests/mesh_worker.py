@@ -37,7 +37,8 @@ def batches():
     tokens = rng.integers(0, 259, (8, 33)).astype(np.int32)
     mask = np.ones((8, 32), bool)
     mask[3, 20:] = False
-    yield {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
+    yield {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask,
+           "weights": mask.astype(np.float32)}
 
 
 def run(mesh_shape, devices, steps=STEPS, state=None, setup=None):

@@ -299,6 +299,20 @@ def test_passkey_training_documents_fill_one_window(tmp_path):
   batch = next(data.make_train_iterator(cfg, 512, 128, 4, seed=0))
   assert batch["mask"].all()  # prompt + answer + EOS targets == 512 exactly
   assert (batch["inputs"][:, 0] == BOS).all() and (batch["targets"][:, -1] == EOS).all()
+  assert (batch["weights"] == 1.0).all()
+  # data.answer_weight weighs exactly the key's digits, the 5 targets before EOS.
+  cfg.answer_weight = 8.0
+  batch = next(data.make_train_iterator(cfg, 512, 128, 4, seed=0))
+  heavy = batch["weights"] == 8.0
+  assert (heavy.sum(1) == 5).all() and ((batch["weights"] == 1.0) | heavy).all()
+  for row, weighted in zip(batch["targets"], heavy):
+    key = BYTE.decode(row[weighted])
+    text = BYTE.decode(row)
+    assert key.isdigit() and text.endswith(f"The pass key is {key}")
+    assert f"The pass key is {key}. Remember it." in text  # the key line holds the same key
+  cfg.name = "python_code"
+  with pytest.raises(ValueError, match="answer_weight=8.0 weighs the passkey answer"):
+    data.make_train_iterator(cfg, 512, 128, 4, seed=0)
 
 
 # --- no TensorFlow -------------------------------------------------------------------------

@@ -114,6 +114,36 @@ def test_gates_get_their_own_rate_and_no_weight_decay():
                              10.0 * updates["blocks"][0]["attn"]["wq"], rtol=1e-5)
 
 
+def test_the_loss_weighs_each_target_whatever_the_micro_batches():
+  """The step's loss is Σ nll·weights / Σ weights over real targets (data.answer_weight's path),
+  and splitting the batch into micro-batches changes neither the loss nor the update."""
+  from infini_jax import sharding as sh
+  from infini_jax import state as statelib
+
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, 259, (4, 33)).astype(np.int32)
+  mask = np.ones((4, 32), bool)
+  mask[1, 20:] = False
+  weights = rng.uniform(0.5, 8.0, (4, 32)).astype(np.float32)  # padding's weight must not count
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask, "weights": weights}
+  runs = {}
+  for accum in (1, 2):
+    c = configlib.defaults("tiny", num_layers=1, segment_len=16)
+    c.seq_len, c.batch_size = 32, 4
+    c.optimizer.grad_accum = accum
+    mesh = sh.make_mesh(c.mesh, jax.devices()[:1])
+    setup = statelib.build(c, configlib.validate(c, 1), mesh)
+    with jax.set_mesh(mesh), sh.use_rules(setup.rules):
+      state = setup.init(jax.random.key(0))
+      nll, _ = setup.model(state["params"]).nll(batch["inputs"], batch["targets"], mask=mask)
+      want = float((np.asarray(nll) * weights * mask).sum() / (weights * mask).sum())
+      state, m = setup.train_step(state, setup.global_batch(batch))
+      runs[accum] = (float(m["loss"]), jax.tree.leaves(state["params"]))
+    np.testing.assert_allclose(runs[accum][0], want, rtol=1e-5)
+  for a, b in zip(runs[1][1], runs[2][1]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))

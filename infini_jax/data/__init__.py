@@ -5,7 +5,7 @@ Typical use (the trainer):
     prepare_from_config(config.data, seq_len)             # no-op once the dataset exists
     it = make_train_iterator(config.data, seq_len, segment_len, global_batch, seed,
                              jax.process_index(), jax.process_count())
-    batch = next(it)                                      # {"inputs", "targets", "mask"}
+    batch = next(it)                          # {"inputs", "targets", "mask", "weights"}
     state = it.get_state(); it.set_state(state)           # resume exactly
 
 The names below are re-exported lazily (PEP 562): `python -m infini_jax.data.tokenizer` then

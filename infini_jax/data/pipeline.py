@@ -5,6 +5,10 @@ into windows of the training length T so that every target is predicted exactly 
 
     window w: inputs = toks[w*T : w*T + T], targets = toks[w*T + 1 : w*T + T + 1]
 
+Each target also gets a loss weight ("weights", float32): 0 on padding, 1 on real targets, except
+the last `answer_tokens` targets before each document's EOS, which weigh `answer_weight` (a
+passkey document ends in its answer: data.answer_weight up-weights retrieval in the loss).
+
 The last window's short tail is padded (PAD, mask False) and never glued to the next document,
 so the model's memory never carries across documents. The corpus is tokenized once, when the
 pipeline is built, into one flat array; the window list (document, start) is computed from the
@@ -79,25 +83,32 @@ def window_index(lengths: np.ndarray, seq_len: int) -> np.ndarray:
 
 
 class CutWindows:
-  """[B] window ids -> {"inputs", "targets": int32 [B, T], "mask": bool [B, T]}."""
+  """[B] window ids -> {"inputs", "targets": int32 [B, T], "mask": bool [B, T],
+  "weights": float32 [B, T]}."""
 
-  def __init__(self, corpus: TokenizedCorpus, windows: np.ndarray, seq_len: int, pad_id: int):
+  def __init__(self, corpus: TokenizedCorpus, windows: np.ndarray, seq_len: int, pad_id: int,
+               answer_tokens: int = 0, answer_weight: float = 1.0):
     self.corpus, self.windows, self.seq_len, self.pad_id = corpus, windows, seq_len, pad_id
+    self.answer_tokens, self.answer_weight = answer_tokens, answer_weight
 
   def __call__(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
     rows, T = len(window_ids), self.seq_len
     inputs = np.full((rows, T), self.pad_id, np.int32)
     targets = np.full((rows, T), self.pad_id, np.int32)
     mask = np.zeros((rows, T), bool)
+    weights = np.zeros((rows, T), np.float32)
     tokens, offsets = self.corpus.tokens, self.corpus.offsets
     for r, (doc, start) in enumerate(self.windows[np.asarray(window_ids)]):
-      lo = offsets[doc] + start
-      chunk = tokens[lo:min(lo + T + 1, offsets[doc + 1])]  # [n + 1]: n inputs, n targets
+      lo, end = offsets[doc] + start, offsets[doc + 1]
+      chunk = tokens[lo:min(lo + T + 1, end)]  # [n + 1]: n inputs, n targets
       n = len(chunk) - 1
       inputs[r, :n] = chunk[:-1]
       targets[r, :n] = chunk[1:]
       mask[r, :n] = True
-    return {"inputs": inputs, "targets": targets, "mask": mask}
+      at = lo + 1 + np.arange(n)  # where each target sits in the corpus; EOS is at end - 1
+      answer = (at >= end - 1 - self.answer_tokens) & (at < end - 1)
+      weights[r, :n] = np.where(answer, self.answer_weight, 1.0)
+    return {"inputs": inputs, "targets": targets, "mask": mask, "weights": weights}
 
 
 def check_lengths(seq_len: int, segment_len: int) -> None:
@@ -135,11 +146,14 @@ def train_iterator(
     process_count: int = 1,
     num_epochs: int | None = None,
     read_options: grain.ReadOptions | None = None,
+    answer_tokens: int = 0,
+    answer_weight: float = 1.0,
 ) -> grain.DatasetIterator:
   """Training batches of this process from documents (see the module docstring).
 
   num_epochs None repeats forever (each epoch shuffled differently); a finite count ends the
-  iterator after the last whole global batch.
+  iterator after the last whole global batch. The last answer_tokens targets before each
+  document's EOS weigh answer_weight in the loss.
   """
   check_lengths(seq_len, segment_len)
   local = check_batch(global_batch_size, process_index, process_count)
@@ -153,7 +167,8 @@ def train_iterator(
     raise ValueError(f"{len(windows)} windows x {num_epochs} epochs is less than one global "
                      f"batch of {global_batch_size}: use more epochs or a smaller batch")
   ds = ds[:whole].batch(local, drop_remainder=True)[process_index::process_count]
-  ds = ds.map(CutWindows(corpus, windows, seq_len, tokenizer.pad_id))
+  ds = ds.map(CutWindows(corpus, windows, seq_len, tokenizer.pad_id, answer_tokens,
+                         answer_weight))
   read_options = read_options or grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)
   return iter(ds.to_iter_dataset(read_options))
 
@@ -224,18 +239,37 @@ def make_train_iterator(
     passkey_length: prompt tokens; 0 fits one document per training window.
     passkey_digits, passkey_position ("random", "start", "middle", "end" or a fraction),
     passkey_examples (train size), passkey_eval_examples, passkey_seed: passkey only.
+    answer_weight: passkey only, the loss weight of the answer's digits (default 1).
     num_epochs: optional; None (default) repeats forever.
 
-  Returns a grain DatasetIterator of {"inputs", "targets": int32 [B, T], "mask": bool [B, T]}
-  with B = global_batch_size / process_count; checkpoint it through get_state / set_state.
+  Returns a grain DatasetIterator of {"inputs", "targets": int32 [B, T], "mask": bool [B, T],
+  "weights": float32 [B, T]} with B = global_batch_size / process_count; checkpoint it through
+  get_state / set_state.
   """
   check_lengths(seq_len, segment_len)
   check_batch(global_batch_size, process_index, process_count)
+  n_answer = answer_tokens(data_cfg)
   documents = sources.load_source(data_cfg.name, data_cfg.get("train_split", "train"),
                                   data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
   return train_iterator(documents, get_tokenizer(data_cfg.tokenizer), seq_len, segment_len,
                         global_batch_size, seed, process_index=process_index,
-                        process_count=process_count, num_epochs=data_cfg.get("num_epochs"))
+                        process_count=process_count, num_epochs=data_cfg.get("num_epochs"),
+                        answer_tokens=n_answer,
+                        answer_weight=float(data_cfg.get("answer_weight", 1.0)))
+
+
+def answer_tokens(data_cfg: ConfigDict) -> int:
+  """How many targets before each document's EOS data.answer_weight weighs: a passkey document
+  is prompt + " " + answer, and its answer is the key's digits. 0 with the default weight 1."""
+  weight = float(data_cfg.get("answer_weight", 1.0))
+  if weight == 1.0:
+    return 0
+  if data_cfg.name != "passkey" or weight <= 0:
+    raise ValueError(f"data.answer_weight={weight} weighs the passkey answer in the loss: use a "
+                     "positive value with data.name='passkey', 1 otherwise")
+  tokenizer = get_tokenizer(data_cfg.tokenizer)
+  digits = int(data_cfg.get("passkey_digits", 5))
+  return len(tokenizer.encode(" " + "9" * digits)) - len(tokenizer.encode(" "))
 
 
 def iter_eval_documents(
