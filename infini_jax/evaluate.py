@@ -271,7 +271,8 @@ class TeacherForced:
 
 
 class Gates:
-  """sigmoid(β) per layer and head (the paper's Figure 3): which heads read memory or context."""
+  """sigmoid(β) per layer and head (the paper's Figure 3): which heads read memory or context;
+  with model.memory_decay also each key/value head's learned decay γ."""
 
   def __init__(self, config, low: float = 0.1, high: float = 0.9, kind: str = ""):
     del config, kind
@@ -288,6 +289,10 @@ class Gates:
     for layer, row in enumerate(g):
       for head, value in enumerate(row):
         yield f"gate/layer{layer}/head{head}", float(value)
+    for layer, block in enumerate(model.blocks):
+      decay = block.attn.decay()
+      for head, value in enumerate([] if decay is None else np.asarray(decay)):
+        yield f"decay/layer{layer}/head{head}", float(value)
 
 
 REGISTRY = {"perplexity": Perplexity, "passkey": Passkey, "gates": Gates}

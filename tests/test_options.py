@@ -141,6 +141,8 @@ def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_mo
   attn = model.blocks[0].attn
   gamma = np.asarray(attn.decay())
   assert gamma.shape == (2,) and 0.4 < gamma.min() < gamma.max() < 1.0  # spread over heads
+  reported = dict(evaluate.Gates(None).run(model))  # the gates evaluator reports each γ
+  assert [reported[f"decay/layer0/head{j}"] for j in range(2)] == pytest.approx(gamma.tolist())
   # The layer's memory after two segments is memory.update with that decay.
   x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
   empty = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
