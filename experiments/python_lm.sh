@@ -3,19 +3,19 @@
 # A finished run (final_metrics.json) is skipped and an interrupted one resumes from its last
 # checkpoint, so this can be stopped and re-run.
 #   bash experiments/python_lm.sh [RUNS_DIR [STEPS [MEMORIES]]]
-# defaults: runs/python_lm, 1,500 steps, Infini (linear, and with the write gate), local and XL
-# (about 130 CPU-minutes);
+# defaults: runs/python_lm, 1,500 steps, Infini (linear; with the write gate, the memory decay or
+# XL's cache), local and XL (about 230 CPU-minutes);
 # every memory at 300 steps, for example:
 #   bash experiments/python_lm.sh runs/python_lm_all 300 "infini:linear infini:delta local xl memorizing rmt full"
 set -euo pipefail
 RUNS=${1:-runs/python_lm}
 STEPS=${2:-1500}
-MEMORIES=${3:-infini:linear local infini:linear:write_gate xl}
+MEMORIES=${3:-infini:linear local infini:linear:write_gate xl infini:linear:decay infini:linear:xl_cache}
 PY=${PYTHON:-.venv/bin/python}
 for seed in 0 1 2; do
   for m in $MEMORIES; do
-    # MEMORY, or infini:RULE, or infini:RULE:OPTION with OPTION write_gate or decay (that
-    # config argument on: model.write_gate or model.memory_decay)
+    # MEMORY, or infini:RULE, or infini:RULE:OPTION with OPTION write_gate, decay or xl_cache
+    # (that config argument on: model.write_gate, model.memory_decay or model.xl_cache)
     IFS=: read -r memory rule option <<< "$m"; rule=${rule:-linear}
     args="memory=$memory,rule=$rule,steps=$STEPS${option:+,$option=true}"
     name=$memory; [ "$memory" = infini ] && name=infini_$rule${option:+_$option}

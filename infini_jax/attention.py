@@ -229,8 +229,10 @@ class InfiniAttention(nnx.Module):
                          decay=self.decay())
 
   def _check_decodable(self):
-    if not isinstance(self.segment_memory, (memories.Infini, memories.Local)):
-      raise ValueError(f"key/value-cache decoding supports the infini, local and full memories, "
+    if (not isinstance(self.segment_memory, (memories.Infini, memories.Local))
+        or getattr(self.segment_memory, "xl", None) is not None):
+      raise ValueError(f"key/value-cache decoding supports the infini (without model.xl_cache), "
+                       f"local and full memories, "
                        f"not {type(self.segment_memory).__name__}; evaluate perplexity instead")
 
 

@@ -25,6 +25,7 @@ from infini_jax import rope as ropelib
 from infini_jax.attention import InfiniAttention, param, write_cache
 from infini_jax.local_attention import IMPLEMENTATIONS
 from infini_jax.memories import MEMORIES
+from infini_jax.memories.infini import InfiniXLState
 from infini_jax.memory import RULES, CompressiveMemory
 
 REMAT_POLICIES: dict[str, Any] = {
@@ -40,6 +41,8 @@ ACTIVATION = (sh.BATCH, sh.LENGTH, None)  # block boundaries: split over the bat
 def constrain_state(layer_state):
   """Memory states live with their batch rows; the compressive memory [B, K, H, V] also with its
   key/value heads."""
+  if isinstance(layer_state, InfiniXLState):  # model.xl_cache: each part as it is alone
+    return InfiniXLState(*map(constrain_state, layer_state))
   heads = (sh.KV_HEADS,) if isinstance(layer_state, CompressiveMemory) else (None,)
   return jax.tree.map(lambda a: sh.constrain(a, (sh.BATCH,) + heads[:a.ndim - 1] +
                                              (None,) * (a.ndim - 2)), layer_state)
@@ -93,10 +96,13 @@ class ModelConfig:
   # so that tokens worth nothing later (filler) need not pile up in M and z.
   # memory_decay: a learned per-head decay of the memory before each segment's write
   # (InfiniAttention.decay), so that the read weighs recent segments more than old ones.
+  # xl_cache: Infini's local attention also sees the previous segment's keys and values, as
+  # Transformer-XL's does: exact recent context beside the compressive memory of everything.
   token_shift: int = 0
   memory_scale: bool = False
   write_gate: bool = False
   memory_decay: bool = False
+  xl_cache: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -130,6 +136,9 @@ class ModelConfig:
     if self.memory_decay and self.memory != "infini":
       raise ValueError(f"model.memory_decay fades the compressive memory: it needs "
                        f"memory='infini', not {self.memory!r}")
+    if self.xl_cache and self.memory != "infini":
+      raise ValueError(f"model.xl_cache adds Transformer-XL's cache to Infini-attention: it needs "
+                       f"memory='infini' (memory='xl' is XL alone), not {self.memory!r}")
     if self.memory_scale and self.rule == "deltanet":
       raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "
                        "are unit length whatever the scale: turn one of them off")
@@ -147,7 +156,7 @@ class ModelConfig:
                         self.mlp_dim, self.segment_len)
     proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D
     keys = {"xl": 2 * T, "memorizing": 2 * T, "compressive": self.memory_size + 2 * T,
-            "rmt": T + 2 * self.memory_tokens}.get(self.memory, T)  # keys each query scores
+            "rmt": T + 2 * self.memory_tokens}.get(self.memory, 2 * T if self.xl_cache else T)
     attn = 4 * keys * N * H
     mem = (4 * N * H * H + 4 * N * H) if self.memory == "infini" else 0
     mlp = 6 * D * F
@@ -375,9 +384,10 @@ class InfiniTransformer(nnx.Module):
 
   def init_cache(self, batch: int) -> tuple:
     """Empty key/value caches, one per layer, each for one segment (then the ids, see above)."""
-    if self.cfg.memory not in ("infini", "local", "full"):
-      raise ValueError(f"key/value-cache decoding supports memory=infini, local and full, not "
-                       f"{self.cfg.memory}; evaluate perplexity or score with "
+    if self.cfg.memory not in ("infini", "local", "full") or self.cfg.xl_cache:
+      what = "model.xl_cache" if self.cfg.xl_cache else self.cfg.memory
+      raise ValueError(f"key/value-cache decoding supports memory=infini (without xl_cache), "
+                       f"local and full, not {what}; evaluate perplexity or score with "
                        "evaluate.TeacherForced instead")
     T = self.cfg.segment_len
     cache = tuple(block.attn.init_cache(batch, T) for block in self.blocks)

@@ -1,5 +1,7 @@
 """The options beyond the paper (model.token_shift, model.memory_scale, model.write_gate,
-model.memory_decay, rule=deltanet) and the teacher-forced passkey scorer that works for every memory."""
+model.memory_decay, model.xl_cache, rule=deltanet) and the teacher-forced passkey scorer that works for every memory."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -168,6 +170,29 @@ def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_mo
   np.testing.assert_allclose(logits, want[:, -1], rtol=1e-5, atol=1e-5)
 
 
+def test_xl_cache_is_xl_beside_the_paper_memory(make_model):
+  """With the gates shut the layer is Transformer-XL's; the compressive memory it carries is the
+  paper's; chunks of the stream equal one pass."""
+  from infini_jax import memories
+
+  x = tokens(6, 3 * T + 3)
+  cached, xl = make_model(seed=0, xl_cache=True), make_model(seed=0, memory="xl")
+  for block in cached.blocks:
+    block.attn.gate[...] = jnp.full((TINY.num_heads,), -1e9)  # sigmoid 0: local path only
+  np.testing.assert_allclose(forward(cached, x)[0], forward(xl, x)[0], rtol=1e-5, atol=1e-5)
+
+  one, plain = make_model(seed=1, xl_cache=True, num_layers=1), make_model(seed=1, num_layers=1)
+  out, state = forward(one, x)
+  np.testing.assert_allclose(state[0].memory.M, forward(plain, x)[1][0].M, rtol=1e-5, atol=1e-6)
+  assert memories.footprint(one.cfg) == memories.footprint(plain.cfg) + memories.footprint(
+      dataclasses.replace(one.cfg, memory="xl", xl_cache=False))
+  first, carried = one(x[:, :2 * T])
+  second, _ = one(x[:, 2 * T:], carried)
+  np.testing.assert_allclose(np.concatenate([first, second], 1), out, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="decoding supports memory=infini \\(without xl_cache\\)"):
+    gen.Decoder(one, chunk_segments=2).start(2)
+
+
 def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
   model = make_model(rule="deltanet")
   for block in model.blocks:
@@ -196,6 +221,8 @@ def test_options_are_checked(make_model):
     make_model(token_shift=-1)
   with pytest.raises(ValueError, match="memory_decay fades the compressive memory"):
     make_model(memory="local", memory_decay=True)
+  with pytest.raises(ValueError, match="xl_cache adds Transformer-XL's cache"):
+    make_model(memory="xl", xl_cache=True)
 
 
 @pytest.mark.parametrize("memory", ["infini", "xl"])

@@ -9,8 +9,17 @@ training length).
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 from infini_jax import memory as memlib
+from infini_jax.memories.xl import XL, XLCache
+
+
+class InfiniXLState(NamedTuple):
+  """model.xl_cache: the compressive memory and the previous segment's keys and values."""
+
+  memory: memlib.CompressiveMemory
+  cache: XLCache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,22 +34,36 @@ class Infini:
   write_gated: bool = False
   # model.memory_decay: a learned per-head fade of earlier writes (InfiniAttention.decay).
   decayed: bool = False
+  # model.xl_cache: the local path also attends to the previous segment (Transformer-XL's cache).
+  xl: XL | None = None
   gated = True
 
   @classmethod
   def of(cls, cfg) -> "Infini":
     return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale, cfg.write_gate,
-               cfg.memory_decay)
+               cfg.memory_decay, XL.of(cfg) if cfg.xl_cache else None)
 
-  def init_state(self, batch: int) -> memlib.CompressiveMemory:
-    return memlib.init_memory(batch, self.K, self.H, self.H)
+  def init_state(self, batch: int):
+    memory = memlib.init_memory(batch, self.K, self.H, self.H)
+    if self.xl is None:
+      return memory
+    return InfiniXLState(memory, self.xl.init_state(batch))
 
   def footprint(self) -> int:
-    return memlib.state_size(self.K, self.H, self.H)
+    cache = 0 if self.xl is None else self.xl.footprint()
+    return memlib.state_size(self.K, self.H, self.H) + cache
 
   def __call__(self, layer, x, q, k, v, state, mask):
-    del x
-    local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
+    if self.xl is None:
+      local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
+    else:
+      state, cache = state
+      local, cache = self.xl(layer, x, q, k, v, cache, mask)  # the segment and the one before
+    out, state = self._mix(layer, local, q, k, v, state, mask)
+    return out, (state if self.xl is None else InfiniXLState(state, cache))
+
+  def _mix(self, layer, local, q, k, v, state, mask):
+    """The paper's eq. 6: the memory read gated with the local output, then the write."""
     mq, mk = layer.memory_qk(q, k)
     a_mem = memlib.retrieve(state, mq, self.rule)  # no position encoding on the memory path
     strength = layer.write_strength(k)  # None without model.write_gate
