@@ -23,9 +23,10 @@ def test_profile_of_a_tiny_training_step():
   # The step's matmuls are traced and traced back to the model's einsums.
   dots = [r for r in ops.values() if "dot_general" in r["source"]]
   assert dots and sum(r["ns_per_step"] for r in dots) > 0
-  # Nearly all of the time is attributed to some jax operation.
-  unknown = sum(r["ns_per_step"] for r in ops.values() if r["source"] == "?")
-  assert unknown < 0.2 * total
+  # Nearly every traced op is attributed to some jax operation (counted, not timed: on a loaded
+  # machine one pre-empted op can hold any share of the time).
+  unknown = [k for k, r in ops.items() if r["source"] == "?"]
+  assert len(unknown) < 0.2 * len(ops)
   rows = profile.table({2: ops}, "kind", top=5)
   assert len(rows) == 5 and rows[0]["ms_batch2"] >= rows[-1]["ms_batch2"]
   assert abs(sum(r["share_batch2"] for r in profile.table({2: ops}, "kind", 10**6)) - 1) < 1e-6
