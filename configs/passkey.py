@@ -23,7 +23,10 @@ repeats) and memory_scale (a learned scale on q and k before σ, so that filler 
 memory does not wash the key out as the stream grows). `write_gate=true` adds model.write_gate
 (a learned strength of each token's memory write, so filler need not be written) to either
 recipe. `answer_weight` (default 1) is the training loss's weight on the answer's digits, 5 of
-the 512-4K tokens of a prompt. `memory` is infini, local or xl. `rule=deltanet` (memory.py) replaces memory_scale in the
+the 512-4K tokens of a prompt. `jitter=127` makes each training prompt up to 127 tokens shorter
+than the window, so that the answer lands at any offset of its segment: without it the answer
+always ends the window's last segment, and a prompt whose question ends a segment (the sweep's
+2^k-token prompts) puts the answer where training never did. `memory` is infini, local or xl. `rule=deltanet` (memory.py) replaces memory_scale in the
 tuned recipe.
 """
 
@@ -36,7 +39,8 @@ SWEEP_LONG = (131072, 524288, 1048576)
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, recipe="tuned", memory="infini", rule="linear",
-                            steps=1500, train_len=2048, write_gate=False, answer_weight=1.0)
+                            steps=1500, train_len=2048, write_gate=False, answer_weight=1.0,
+                            jitter=0)
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.update(steps=20, train_len=512)
   if arg.recipe not in ("paper", "tuned"):
@@ -54,7 +58,7 @@ def get_config(arg=None):
   c.batch_size = max(8, 16384 // arg.train_len)  # 16K tokens a step: more prompts when short
   c.data.update(name="passkey", passkey_length=0, passkey_position="random",
                 passkey_examples=c.batch_size * arg.steps, passkey_seed=0,  # each prompt new
-                answer_weight=arg.answer_weight)
+                answer_weight=arg.answer_weight, passkey_jitter=arg.jitter)
   c.optimizer.update(lr=3e-3, warmup_steps=100, weight_decay=0.0)
   c.train.update(steps=arg.steps, log_every=25, eval_every=250, checkpoint_every=100)
   # The held-out loss is over whole prompts, mostly filler: retrieval is what is measured here.

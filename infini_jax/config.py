@@ -34,6 +34,7 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
       name="python_code", subset="stdlib", data_dir="data/tfds", tokenizer="byte", text_glob="",
       train_split="train", eval_split="validation",
       passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000,
+      passkey_jitter=0,
       # The training loss's weight on the passkey answer's tokens (every other target weighs 1):
       # the answer is a handful of tokens in thousands, the part retrieval is learned from.
       answer_weight=1.0))

@@ -313,6 +313,13 @@ def test_passkey_training_documents_fill_one_window(tmp_path):
   cfg.name = "python_code"
   with pytest.raises(ValueError, match="answer_weight=8.0 weighs the passkey answer"):
     data.make_train_iterator(cfg, 512, 128, 4, seed=0)
+  # passkey_jitter: prompts up to that many tokens shorter, the window padded after them.
+  cfg.update(name="passkey", answer_weight=1.0, passkey_jitter=100, passkey_examples=32)
+  data.prepare_from_config(cfg, seq_len=512)
+  batch = next(data.make_train_iterator(cfg, 512, 128, 32, seed=0))
+  real = batch["mask"].sum(1)
+  assert real.max() <= 512 and real.min() >= 412 and len(set(real.tolist())) > 8
+  assert (batch["targets"][np.arange(32), real - 1] == EOS).all()
 
 
 # --- no TensorFlow -------------------------------------------------------------------------

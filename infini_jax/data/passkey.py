@@ -144,16 +144,23 @@ class PasskeyConfig(tfds.core.BuilderConfig):
   num_eval_examples: int = 100
   seed: int = 0
   tokenizer: str = "byte"
+  # Each prompt is up to `jitter` tokens shorter than `length` (uniformly), so that in a window
+  # of fixed length the answer does not always sit at the same offset of the same segment.
+  jitter: int = 0
 
 
 def passkey_config(length: int = 4096, position: str | float = "random", digits: int = 5,
                    num_examples: int = 1000, num_eval_examples: int = 100, seed: int = 0,
-                   tokenizer: str = "byte") -> PasskeyConfig:
+                   tokenizer: str = "byte", jitter: int = 0) -> PasskeyConfig:
   """A config named by its parameters, so different settings share a data_dir without clashing."""
   position_fraction(position, np.random.default_rng(0))  # Fail early on a bad position.
+  if not 0 <= jitter < length:
+    raise ValueError(f"passkey jitter {jitter} must be in [0, length={length})")
   params = dict(length=int(length), position=str(position), digits=int(digits),
                 num_examples=int(num_examples), num_eval_examples=int(num_eval_examples),
                 seed=int(seed), tokenizer=get_tokenizer(tokenizer).fingerprint)
+  if jitter:  # only then: the datasets prepared without it keep their names
+    params["jitter"] = int(jitter)
   digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
   return PasskeyConfig(name=f"len{length}_{digest}", description=json.dumps(params),
                        **{**params, "tokenizer": str(tokenizer)})
@@ -179,7 +186,7 @@ class Passkey(LocalBuilder, skip_registration=True):
         }),
         metadata=tfds.core.MetadataDict(
             {k: str(v) for k, v in dataclasses.asdict(self.builder_config).items()
-             if k in ("length", "position", "digits", "seed", "tokenizer")}),
+             if k in ("length", "position", "digits", "seed", "tokenizer", "jitter")}),
     )
 
   def _split_generators(self, dl_manager):
@@ -193,7 +200,10 @@ class Passkey(LocalBuilder, skip_registration=True):
     cfg = self.builder_config
     tokenizer = get_tokenizer(cfg.tokenizer)
     for i in range(count):
-      ex = make_passkey_example(cfg.length, cfg.position, cfg.digits,
+      # The jitter has a stream of its own: without it, the examples are what they always were.
+      shorter = np.random.default_rng([cfg.seed, SPLIT_STREAM[split], i, 1]).integers(
+          cfg.jitter + 1) if cfg.jitter else 0
+      ex = make_passkey_example(cfg.length - int(shorter), cfg.position, cfg.digits,
                                 example_rng(cfg.seed, split, i), tokenizer)
       yield f"{split}-{i:07d}", {
           "text": ex["text"], "id": f"{split}-{i:07d}", "answer": ex["answer"],

@@ -190,7 +190,8 @@ def _passkey_kwargs(data_cfg: ConfigDict, seq_len: int | None) -> dict[str, Any]
           "num_examples": int(data_cfg.get("passkey_examples", 1000)),
           "num_eval_examples": int(data_cfg.get("passkey_eval_examples", 100)),
           "seed": int(data_cfg.get("passkey_seed", 0)),
-          "tokenizer": data_cfg.tokenizer}
+          "tokenizer": data_cfg.tokenizer,
+          "jitter": int(data_cfg.get("passkey_jitter", 0))}
 
 
 # Dataset name -> the builder arguments its data config fields name.
@@ -238,7 +239,9 @@ def make_train_iterator(
     text_glob: text_files only, a folder or glob of UTF-8 text files.
     passkey_length: prompt tokens; 0 fits one document per training window.
     passkey_digits, passkey_position ("random", "start", "middle", "end" or a fraction),
-    passkey_examples (train size), passkey_eval_examples, passkey_seed: passkey only.
+    passkey_examples (train size), passkey_eval_examples, passkey_seed, passkey_jitter (each
+    prompt up to that many tokens shorter, so the answer lands at any offset of a segment):
+    passkey only.
     answer_weight: passkey only, the loss weight of the answer's digits (default 1).
     num_epochs: optional; None (default) repeats forever.
 
