@@ -35,6 +35,11 @@ from infini_jax import evaluate
 
 SWEEP = (2048, 4096, 32768)
 SWEEP_LONG = (131072, 524288, 1048576)
+SEGMENT = 128
+# The same lengths less half a segment. A 2^k-token prompt (with BOS, 2^k + 1 tokens) ends its
+# question on a segment's last token, so the answer opens the next segment and the question is
+# in memory only; these put the answer in the middle of the question's segment.
+SWEEP_MID = tuple(n - SEGMENT // 2 for n in SWEEP)
 
 
 def get_config(arg=None):
@@ -53,7 +58,7 @@ def get_config(arg=None):
   if arg.write_gate:
     tuned["write_gate"] = True
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
-                         num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=128, **tuned)
+                         num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=SEGMENT, **tuned)
   c.seq_len = arg.train_len  # the prompt fills the window (passkey_length 0)
   c.batch_size = max(8, 16384 // arg.train_len)  # 16K tokens a step: more prompts when short
   c.data.update(name="passkey", passkey_length=0, passkey_position="random",
@@ -72,6 +77,9 @@ def get_config(arg=None):
   # 10 beyond (52M tokens streamed, about 7 minutes on one core).
   c.evals.passkey = evaluate.settings("passkey", lengths=SWEEP, samples=20, batch_size=20,
                                       chunk_segments=64)
+  c.evals.passkey_mid = evaluate.settings("passkey", lengths=SWEEP_MID, samples=20,
+                                          batch_size=20, chunk_segments=64)
+  c.evals.passkey_mid.kind = "passkey"
   # Local and XL see 128 / 256 tokens: beyond 32K they can only guess.
   if arg.memory == "infini" and not arg.runlocal:
     c.evals.passkey_long = evaluate.settings("passkey", lengths=SWEEP_LONG, samples=10,
@@ -80,4 +88,5 @@ def get_config(arg=None):
   c.evals.gates = evaluate.settings("gates")
   if arg.runlocal:
     c.evals.passkey.update(lengths=(2048,), samples=2, batch_size=2)
+    c.evals.passkey_mid.update(lengths=(2048 - SEGMENT // 2,), samples=2, batch_size=2)
   return c

@@ -67,6 +67,16 @@ for seed in 1 2; do
       "$SEED --config.init_from=$RUNS/aw32_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3"
   sweep "aw32_seed${seed}_4k" "write_gate=true,train_len=4096"
 done
+# The 4K stage of seeds 1 and 2 again from their 512 checkpoints, each prompt up to 127 tokens
+# shorter than the window (jitter) so that the answer lands at any offset of its segment: the
+# sweep's 2^k-token prompts put the answer right after a segment boundary, which the 4K stage
+# otherwise never shows (docs/RESULTS.md: "Where the answer lands in its segment").
+for seed in 1 2; do
+  SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
+  train "jit127_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
+      "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3"
+  sweep "jit127_seed${seed}_4k" "write_gate=true,train_len=4096"
+done
 # The 512-token stage with the deltanet rule (unit-length features, exact token-by-token delta
 # writes, no z) in place of linear + memory_scale, and with the paper's recipe plus the write gate
 # alone: retrieval during training against gated_512's and tuned_512's, in metrics.jsonl.

@@ -52,9 +52,11 @@ def load_model(config, workdir: str, step: int | None = None) -> tuple[InfiniTra
   return nnx.merge(graphdef, params), step
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[str, dict]:
-  """Runs every evaluator of `config` on the checkpoint of `step` (default: the latest) in
-  WORKDIR/checkpoints; writes the results to WORKDIR/eval/STEP/ and prints each table.
+def evaluate_checkpoint(config, workdir: str, step: int | None = None,
+                        only: tuple[str, ...] = ()) -> dict[str, dict]:
+  """Runs every evaluator of `config` (or those named in `only`) on the checkpoint of `step`
+  (default: the latest) in WORKDIR/checkpoints; writes the results to WORKDIR/eval/STEP/ and
+  prints each table.
 
   Everything that can be checked without the checkpoint is checked first. Returns
   {evaluator name: {metric: value}}.
@@ -63,7 +65,11 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[s
   if not config.evals:
     raise ValueError("the config has no evaluators (config.evals is empty): add perplexity, "
                      "passkey or gates entries to the evals of the config file")
-  evaluators = evaluate.from_config(config)
+  unknown = sorted(set(only) - set(config.evals))
+  if unknown:
+    raise ValueError(f"--only names evaluators the config does not have: {unknown}; it has "
+                     f"{sorted(config.evals)}")
+  evaluators = {k: v for k, v in evaluate.from_config(config).items() if not only or k in only}
   model, step = load_model(config, workdir, step)
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   out_dir = os.path.join(workdir, "eval", str(step))
@@ -80,7 +86,11 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None) -> dict[s
     results[name] = dict(ev.run(model))
     table = write(name, ev, results[name], out_dir, step)
     print(f"\n{table}\n({time.perf_counter() - start:.1f} s)", flush=True)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
+  path = os.path.join(out_dir, "results.json")
+  if only and os.path.exists(path):  # a partial run adds to what earlier runs measured
+    with open(path) as f:
+      results = {**json.load(f)["results"], **results}
+  with open(path, "w") as f:
     json.dump(dict(step=step, checkpoint=directory, results=results), f, indent=2)
   print(f"\nwrote {out_dir}", flush=True)
   return results

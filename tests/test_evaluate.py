@@ -150,6 +150,14 @@ def test_eval_py_end_to_end(config, trained, tmp_path):
     assert os.path.getsize(os.path.join(out, f"{name}.png")) > 1000
     assert np.isfinite(list(json.load(open(os.path.join(out, f"{name}.json")))["metrics"]
                             .values())).all()
+  # --only reruns one evaluator and keeps what the others measured in results.json.
+  os.remove(os.path.join(out, "passkey.json"))
+  proc = run_eval(f"--workdir={trained}", "--only=gates", *overrides)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "passkey retrieval" not in proc.stdout and not os.path.exists(
+      os.path.join(out, "passkey.json"))
+  assert sorted(json.load(open(os.path.join(out, "results.json")))["results"]) == [
+      "gates", "passkey", "perplexity"]
 
 
 def test_bad_inputs_are_one_line_errors_that_say_what_to_do(config, trained, tmp_path):
@@ -171,6 +179,8 @@ def test_bad_inputs_are_one_line_errors_that_say_what_to_do(config, trained, tmp
   short = tiny_config(config.data.data_dir)
   short.evals.passkey.lengths = (100, 4096)
   error(ValueError, "passkey length 100 is too short.*use a length >= 243", short)
+  with pytest.raises(ValueError, match="--only names evaluators the config does not have"):
+    report.evaluate_checkpoint(config, trained, only=("gatez",))
   typo = tiny_config(config.data.data_dir)
   typo.evals.passkey.samplez = 3
   error(ValueError, "evals.passkey: .*samplez", typo)
