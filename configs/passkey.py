@@ -40,6 +40,7 @@ SEGMENT = 128
 # question on a segment's last token, so the answer opens the next segment and the question is
 # in memory only; these put the answer in the middle of the question's segment.
 SWEEP_MID = tuple(n - SEGMENT // 2 for n in SWEEP)
+SWEEP_LONG_MID = tuple(n - SEGMENT // 2 for n in SWEEP_LONG)
 
 
 def get_config(arg=None):
@@ -85,6 +86,9 @@ def get_config(arg=None):
     c.evals.passkey_long = evaluate.settings("passkey", lengths=SWEEP_LONG, samples=10,
                                              batch_size=10, chunk_segments=64)
     c.evals.passkey_long.kind = "passkey"
+    c.evals.passkey_long_mid = evaluate.settings("passkey", lengths=SWEEP_LONG_MID, samples=10,
+                                                 batch_size=10, chunk_segments=64)
+    c.evals.passkey_long_mid.kind = "passkey"
   c.evals.gates = evaluate.settings("gates")
   if arg.runlocal:
     c.evals.passkey.update(lengths=(2048,), samples=2, batch_size=2)
