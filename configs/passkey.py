@@ -69,10 +69,12 @@ def get_config(arg=None):
   c.train.update(steps=arg.steps, log_every=25, eval_every=250, checkpoint_every=100)
   # The held-out loss is over whole prompts, mostly filler: retrieval is what is measured here.
   c.evals.perplexity.update(max_documents=16, max_tokens=0, chunk_len=arg.train_len)
-  # During training: retrieval at the training length and 8 times beyond, on 16 prompts each.
+  # During training: retrieval at the training length and 8 times beyond, on 16 prompts each,
+  # with the answer opening a segment (2^k) and in the middle of one (2^k less half a segment).
+  lengths = (arg.train_len, 8 * arg.train_len)
   c.evals.passkey_train = evaluate.settings(
-      "passkey", lengths=(arg.train_len, 8 * arg.train_len), positions="random", samples=16,
-      batch_size=16, during_training=True, progress=False)
+      "passkey", lengths=lengths + tuple(n - SEGMENT // 2 for n in lengths), positions="random",
+      samples=16, batch_size=16, during_training=True, progress=False)
   c.evals.passkey_train.kind = "passkey"
   # eval.py: the sweep to 1M tokens, key at start, middle and end: 20 prompts per cell to 32K,
   # 10 beyond (52M tokens streamed, about 7 minutes on one core).
