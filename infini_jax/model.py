@@ -127,18 +127,12 @@ class ModelConfig:
     ropelib.scaling_of(self)  # raises on an unknown model.rope_scaling
     if self.token_shift < 0:
       raise ValueError(f"model.token_shift must be >= 0; got {self.token_shift}")
-    if self.memory_scale and self.memory != "infini":
-      raise ValueError(f"model.memory_scale scales the compressive memory's q and k: it needs "
-                       f"memory='infini', not {self.memory!r}")
-    if self.write_gate and self.memory != "infini":
-      raise ValueError(f"model.write_gate weighs the compressive memory's writes: it needs "
-                       f"memory='infini', not {self.memory!r}")
-    if self.memory_decay and self.memory != "infini":
-      raise ValueError(f"model.memory_decay fades the compressive memory: it needs "
-                       f"memory='infini', not {self.memory!r}")
-    if self.xl_cache and self.memory != "infini":
-      raise ValueError(f"model.xl_cache adds Transformer-XL's cache to Infini-attention: it needs "
-                       f"memory='infini' (memory='xl' is XL alone), not {self.memory!r}")
+    for name, what in (("memory_scale", "scales the compressive memory's q and k"),
+                       ("write_gate", "weighs the compressive memory's writes"),
+                       ("memory_decay", "fades the compressive memory"),
+                       ("xl_cache", "adds Transformer-XL's cache to Infini-attention")):
+      if getattr(self, name) and self.memory != "infini":
+        raise ValueError(f"model.{name} {what}: it needs memory='infini', not {self.memory!r}")
     if self.memory_scale and self.rule == "deltanet":
       raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "
                        "are unit length whatever the scale: turn one of them off")
