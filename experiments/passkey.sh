@@ -19,6 +19,13 @@ sweep() {  # name, config arguments
   echo "$(date +%T) eval $1"
   "$PY" eval.py --config="configs/passkey.py:$2" --workdir="$dir" > "$dir/eval.log" 2>&1
 }
+sweep_mid() {  # name, config arguments: only the mid-segment sweeps (passkey_mid, then to 1M)
+  local dir=$RUNS/$1
+  ls "$dir"/eval/*/passkey_mid.json > /dev/null 2>&1 && return
+  echo "$(date +%T) eval (mid-segment) $1"
+  "$PY" eval.py --config="configs/passkey.py:$2" --workdir="$dir" \
+      --only=passkey_mid,passkey_long_mid > "$dir/eval_mid.log" 2>&1
+}
 # Infini, tuned recipe: 1,500 steps on 512-token prompts, 1,500 on 2K ones, then the sweep to 1M.
 train tuned_512 "recipe=tuned,train_len=512,steps=1500"
 train tuned "recipe=tuned" \
@@ -76,6 +83,11 @@ for seed in 1 2; do
   train "jit127_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
       "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3"
   sweep "jit127_seed${seed}_4k" "write_gate=true,train_len=4096"
+done
+# The runs swept before passkey_mid existed, with the answer mid-segment (docs/RESULTS.md:
+# "Where the answer lands in its segment").
+for run in gated_4k gated_seed1_4k gated_seed1_4k_gatelr1 gated_seed2_4k_gatelr1 gatelr1_seed1_4k; do
+  sweep_mid "$run" "write_gate=true,train_len=4096"
 done
 # The 512-token stage with the deltanet rule (unit-length features, exact token-by-token delta
 # writes, no z) in place of linear + memory_scale, and with the paper's recipe plus the write gate
