@@ -40,8 +40,11 @@ SEGMENT = 128
 # The same lengths less half a segment. A 2^k-token prompt (with BOS, 2^k + 1 tokens) ends its
 # question on a segment's last token, so the answer opens the next segment and the question is
 # in memory only; these put the answer in the middle of the question's segment.
-SWEEP_MID = tuple(n - SEGMENT // 2 for n in SWEEP)
-SWEEP_LONG_MID = tuple(n - SEGMENT // 2 for n in SWEEP_LONG)
+def mid(lengths: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(n - SEGMENT // 2 for n in lengths)
+
+
+SWEEP_MID, SWEEP_LONG_MID = mid(SWEEP), mid(SWEEP_LONG)
 
 
 def get_config(arg=None):
@@ -74,8 +77,8 @@ def get_config(arg=None):
   # with the answer opening a segment (2^k) and in the middle of one (2^k less half a segment).
   lengths = (arg.train_len, 8 * arg.train_len)
   c.evals.passkey_train = evaluate.settings(
-      "passkey", lengths=lengths + tuple(n - SEGMENT // 2 for n in lengths), positions="random",
-      samples=16, batch_size=16, during_training=True, progress=False)
+      "passkey", lengths=lengths + mid(lengths), positions="random", samples=16, batch_size=16,
+      during_training=True, progress=False)
   c.evals.passkey_train.kind = "passkey"
   # eval.py: the sweep to 1M tokens, key at start, middle and end: 20 prompts per cell to 32K,
   # 10 beyond (52M tokens streamed, about 7 minutes on one core).
@@ -95,5 +98,5 @@ def get_config(arg=None):
   c.evals.gates = evaluate.settings("gates")
   if arg.runlocal:
     c.evals.passkey.update(lengths=(2048,), samples=2, batch_size=2)
-    c.evals.passkey_mid.update(lengths=(2048 - SEGMENT // 2,), samples=2, batch_size=2)
+    c.evals.passkey_mid.update(lengths=mid((2048,)), samples=2, batch_size=2)
   return c

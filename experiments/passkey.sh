@@ -66,7 +66,7 @@ train gatelr1_seed1_512 "write_gate=true,train_len=512,steps=1500" "$SEED1 --con
 train gatelr1_seed1_4k "write_gate=true,train_len=4096,steps=700" \
     "$SEED1 --config.optimizer.gate_lr_mult=1 --config.init_from=$RUNS/gatelr1_seed1_512/checkpoints --config.optimizer.lr=1e-3"
 # Seeds 1 and 2, the two that failed, with the answer's digits weighing 32 in the loss in both
-# stages (data.answer_weight; docs/RESULTS.md: "Up-weighting the answer").
+# stages (data.answer_weight; docs/RESULTS.md: "Where the answer lands in its segment").
 for seed in 1 2; do
   SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
   train "aw32_seed${seed}_512" "write_gate=true,answer_weight=32,train_len=512,steps=1500" "$SEED"

@@ -210,12 +210,14 @@ def gates_report(name: str, ev: evaluate.Gates, metrics: dict[str, float]):
   ax.set_title(f"{name}: gate sigmoid(β)")
   fig.colorbar(image, ax=ax, label="0 local context ... 1 memory")
   # model.memory_decay: γ per key/value head, how much of the memory each segment keeps.
-  decays = [f"layer {i}: " + " ".join(f"{metrics[f'decay/layer{i}/head{j}']:.3f}"
-                                      for j in range(heads) if f"decay/layer{i}/head{j}" in metrics)
-            for i in range(layers) if f"decay/layer{i}/head0" in metrics]
+  decays = {}
+  for k, v in metrics.items():
+    if m := re.fullmatch(r"decay/layer(\d+)/head\d+", k):
+      decays.setdefault(m.group(1), []).append(f"{v:.3f}")
   text = format_table(title, rows)
   if decays:
-    text += "\nmemory decay γ per key/value head: " + "; ".join(decays)
+    text += "\nmemory decay γ per key/value head: " + "; ".join(
+        f"layer {i}: {' '.join(vals)}" for i, vals in decays.items())
   return text, fig
 
 
