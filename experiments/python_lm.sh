@@ -14,11 +14,12 @@ MEMORIES=${3:-infini:linear local infini:linear:write_gate xl infini:linear:deca
 PY=${PYTHON:-.venv/bin/python}
 for seed in 0 1 2; do
   for m in $MEMORIES; do
-    # MEMORY, or infini:RULE, or infini:RULE:OPTION with OPTION write_gate, decay or xl_cache
-    # (that config argument on: model.write_gate, model.memory_decay or model.xl_cache)
+    # MEMORY, or infini:RULE, or infini:RULE:OPTIONS with OPTIONS config arguments of
+    # configs/python_lm.py joined by +: a flag (write_gate, decay, xl_cache) or name=value
+    # (gate_init=-3). infini:linear:decay+xl_cache runs as infini_linear_decay_xl_cache.
     IFS=: read -r memory rule option <<< "$m"; rule=${rule:-linear}
-    args="memory=$memory,rule=$rule,steps=$STEPS${option:+,$option=true}"
-    name=$memory; [ "$memory" = infini ] && name=infini_$rule${option:+_$option}
+    args="memory=$memory,rule=$rule,steps=$STEPS${option:+,${option//+/,}}"
+    name=$memory; [ "$memory" = infini ] && name=infini_$rule${option:+_${option//[+=]/_}}
     dir=$RUNS/$name/seed$seed
     [ -f "$dir/final_metrics.json" ] && continue
     mkdir -p "$dir"
