@@ -103,6 +103,11 @@ class InfiniAttention(nnx.Module):
       # small steps near 0 and 1.
       self.gate = nnx.Param(jnp.full((N,), gate_init, jnp.float32), sharding=(sh.HEADS,),
                             eager_sharding=False)
+    if getattr(memory, "query_gated", False):
+      # model.query_gate: the gate logit's weights on the query, float32 like the gate. Zero at
+      # init: the gate starts as the paper's, one value per head.
+      self.gate_w = nnx.Param(jnp.zeros((N, H), jnp.float32), sharding=(sh.HEADS, sh.HEAD_DIM),
+                              eager_sharding=False)
     if getattr(memory, "scaled", False):
       # log of the scale on q and k before σ, per key/value head, float32 like the gate.
       self.memory_scale = nnx.Param(jnp.zeros((K,), jnp.float32), sharding=(sh.KV_HEADS,),
@@ -156,8 +161,19 @@ class InfiniAttention(nnx.Module):
     return jax.nn.sigmoid(self.memory_decay[...])
 
   def gate_value(self) -> jax.Array:
-    """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context."""
+    """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context. With
+    model.query_gate, the gate of a query q = 0."""
     return jax.nn.sigmoid(self.gate[...])
+
+  def mix(self, a_mem: jax.Array, local: jax.Array, q: jax.Array) -> jax.Array:
+    """The paper's eq. 6: g·A_mem + (1 - g)·A_dot, g = sigmoid(β) per head; with
+    model.query_gate g = sigmoid(β + q·w) per token and head, q [B, T, N, H] before RoPE.
+    a_mem, local [B, T, N, V] -> [B, T, N, V] float32."""
+    logit = self.gate[...][None, None, :]  # [1, 1, N]
+    if hasattr(self, "gate_w"):
+      logit = logit + jnp.einsum("BTNH,NH->BTN", q.astype(jnp.float32), self.gate_w[...])
+    g = jax.nn.sigmoid(logit)[..., None]  # [B or 1, T or 1, N, 1]
+    return g * a_mem + (1.0 - g) * local
 
   # The pieces segment memories build on.
 
@@ -214,8 +230,7 @@ class InfiniAttention(nnx.Module):
     if isinstance(self.segment_memory, memories.Infini):
       a_mem = memlib.retrieve(state, self.memory_qk(q, None)[0],
                               self.segment_memory.rule)  # [B, C, N, V]
-      g = self.gate_value()[None, None, :, None]  # [1, 1, N, 1]
-      out = g * a_mem + (1.0 - g) * out
+      out = self.mix(a_mem, out, q)
     y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
     return y, cache
 

@@ -98,11 +98,14 @@ class ModelConfig:
   # (InfiniAttention.decay), so that the read weighs recent segments more than old ones.
   # xl_cache: Infini's local attention also sees the previous segment's keys and values, as
   # Transformer-XL's does: exact recent context beside the compressive memory of everything.
+  # query_gate: the gate becomes sigmoid(β + q·w) per token and head (InfiniAttention.mix), so
+  # that a head can read the memory for some tokens and its local context for others.
   token_shift: int = 0
   memory_scale: bool = False
   write_gate: bool = False
   memory_decay: bool = False
   xl_cache: bool = False
+  query_gate: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -130,7 +133,8 @@ class ModelConfig:
     for name, what in (("memory_scale", "scales the compressive memory's q and k"),
                        ("write_gate", "weighs the compressive memory's writes"),
                        ("memory_decay", "fades the compressive memory"),
-                       ("xl_cache", "adds Transformer-XL's cache to Infini-attention")):
+                       ("xl_cache", "adds Transformer-XL's cache to Infini-attention"),
+                       ("query_gate", "makes Infini-attention's gate depend on the query")):
       if getattr(self, name) and self.memory != "infini":
         raise ValueError(f"model.{name} {what}: it needs memory='infini', not {self.memory!r}")
     if self.memory_scale and self.rule == "deltanet":

@@ -21,13 +21,13 @@ def schedule(cfg, steps: int) -> optax.Schedule:
       end_value=cfg.lr * cfg.min_lr_ratio)
 
 
-GATES = ("gate", "memory_scale", "write_gate_w", "write_gate_b", "memory_decay")
+GATES = ("gate", "gate_w", "memory_scale", "write_gate_w", "write_gate_b", "memory_decay")
 
 
 def is_gate(path) -> bool:
   """Whether a pytree path (of a pure dict or an nnx.State) leads to a gate β, or to the other
   per-head parameters of the memory path (model.memory_scale's log-scale, model.write_gate's
-  weights, model.memory_decay's logits): same rate, no weight decay."""
+  weights, model.memory_decay's logits, model.query_gate's weights): same rate, no weight decay."""
   return any(getattr(k, "key", getattr(k, "name", None)) in GATES for k in path)
 
 

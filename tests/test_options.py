@@ -1,5 +1,5 @@
 """The options beyond the paper (model.token_shift, model.memory_scale, model.write_gate,
-model.memory_decay, model.xl_cache, rule=deltanet) and the teacher-forced passkey scorer that
+model.memory_decay, model.xl_cache, model.query_gate, rule=deltanet) and the teacher-forced passkey scorer that
 works for every memory."""
 
 import dataclasses
@@ -194,6 +194,38 @@ def test_xl_cache_is_xl_beside_the_paper_memory(make_model):
     gen.Decoder(one, chunk_segments=2).start(2)
 
 
+def test_query_gate_starts_as_the_paper_is_learned_and_decodes_as_scanned(make_model):
+  """sigmoid(β + q·w): with w = 0 the paper's gate; once w moves, each token gets its own mix,
+  the same in the segment scan and in decoding."""
+  x = tokens(7, 3 * T + 2)
+  plain, gated = make_model(seed=0), make_model(seed=0, query_gate=True)
+  want, _ = forward(plain, x)
+  np.testing.assert_allclose(forward(gated, x)[0], want, rtol=1e-6, atol=1e-6)
+
+  graphdef, params = nnx.split(gated)
+  grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
+  assert min(np.abs(np.asarray(b["attn"]["gate_w"][...])).max()
+             for b in grads["blocks"].values()) > 0
+  labels = optim.param_labels(nnx.to_pure_dict(params))
+  assert labels["blocks"][0]["attn"]["gate_w"] == "gate"  # no weight decay, the gate's rate
+
+  for i, block in enumerate(gated.blocks):
+    block.attn.gate_w[...] = jax.random.normal(jax.random.key(i), block.attn.gate_w.shape)
+  moved, _ = forward(gated, x)
+  assert np.abs(np.asarray(moved) - np.asarray(want)).max() > 1e-3
+  decoder = gen.Decoder(gated, chunk_segments=2)
+  logits, _ = decoder.feed(decoder.start(2), x)
+  np.testing.assert_allclose(logits, moved[:, -1], rtol=1e-5, atol=1e-5)
+  # One head's gate per token: with its β at ±∞ the head reads its local context or memory only.
+  attn = gated.blocks[0].attn
+  q = jax.random.normal(jax.random.key(9), (2, T, TINY.num_heads, TINY.head_dim))
+  a_mem, local = jnp.ones((2, T, TINY.num_heads, 4)), jnp.zeros((2, T, TINY.num_heads, 4))
+  g = np.asarray(attn.mix(a_mem, local, q))[..., 0]  # [B, T, N]: the gate itself
+  want_g = jax.nn.sigmoid(attn.gate[...] + jnp.einsum("BTNH,NH->BTN", q, attn.gate_w[...]))
+  np.testing.assert_allclose(g, want_g, rtol=1e-6)
+  assert g.std(axis=1).min() > 0  # it varies along the segment
+
+
 def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
   model = make_model(rule="deltanet")
   for block in model.blocks:
@@ -224,6 +256,8 @@ def test_options_are_checked(make_model):
     make_model(memory="local", memory_decay=True)
   with pytest.raises(ValueError, match="xl_cache adds Transformer-XL's cache"):
     make_model(memory="xl", xl_cache=True)
+  with pytest.raises(ValueError, match="query_gate makes Infini-attention's gate depend"):
+    make_model(memory="local", query_gate=True)
 
 
 @pytest.mark.parametrize("memory", ["infini", "xl"])

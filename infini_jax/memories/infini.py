@@ -36,12 +36,15 @@ class Infini:
   decayed: bool = False
   # model.xl_cache: the local path also attends to the previous segment (Transformer-XL's cache).
   xl: XL | None = None
+  # model.query_gate: the gate's logit also has a learned term q·w per token (InfiniAttention.mix).
+  query_gated: bool = False
   gated = True
 
   @classmethod
   def of(cls, cfg) -> "Infini":
-    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, cfg.memory_scale, cfg.write_gate,
-               cfg.memory_decay, XL.of(cfg) if cfg.xl_cache else None)
+    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, scaled=cfg.memory_scale,
+               write_gated=cfg.write_gate, decayed=cfg.memory_decay,
+               xl=XL.of(cfg) if cfg.xl_cache else None, query_gated=cfg.query_gate)
 
   def init_state(self, batch: int):
     memory = memlib.init_memory(batch, self.K, self.H, self.H)
@@ -68,8 +71,7 @@ class Infini:
     a_mem = memlib.retrieve(state, mq, self.rule)  # no position encoding on the memory path
     strength = layer.write_strength(k)  # None without model.write_gate
     state = memlib.update(state, mk, v, self.rule, mask, strength, layer.decay())  # after the read
-    g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
-    return g * a_mem + (1.0 - g) * local, state
+    return layer.mix(a_mem, local, q), state
 
 
 @dataclasses.dataclass(frozen=True)
