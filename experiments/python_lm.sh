@@ -3,6 +3,7 @@
 # A finished run (final_metrics.json) is skipped and an interrupted one resumes from its last
 # checkpoint, so this can be stopped and re-run.
 #   bash experiments/python_lm.sh [RUNS_DIR [STEPS [MEMORIES]]]
+# SEEDS="0 1 2" by default; one invocation per seed runs them in parallel (pin each to its cores).
 # defaults: runs/python_lm, 1,500 steps, Infini (linear; with the write gate, the memory decay or
 # XL's cache), local and XL (about 230 CPU-minutes);
 # every memory at 300 steps, for example:
@@ -12,7 +13,7 @@ RUNS=${1:-runs/python_lm}
 STEPS=${2:-1500}
 MEMORIES=${3:-infini:linear local infini:linear:write_gate xl infini:linear:decay infini:linear:xl_cache}
 PY=${PYTHON:-.venv/bin/python}
-for seed in 0 1 2; do
+for seed in ${SEEDS:-0 1 2}; do
   for m in $MEMORIES; do
     # MEMORY, or infini:RULE, or infini:RULE:OPTIONS with OPTIONS config arguments of
     # configs/python_lm.py joined by +: a flag (write_gate, decay, xl_cache) or name=value

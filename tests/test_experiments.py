@@ -39,3 +39,28 @@ def test_one_table_per_perplexity_evaluator(tmp_path):
   assert "| 5.200 ± 0.283 |" in rows[0] and "| 5.200 |" in rows[1]  # seg 129-256: 5.0, 5.4
   for evaluator in ("perplexity", "perplexity_long"):
     assert os.path.getsize(os.path.join(runs, f"compare_{evaluator}.png")) > 0
+
+
+def test_memory_ablation_empties_the_reads_of_the_layers_named(make_model):
+  """experiments/memory_ablation.py: with every layer's reads emptied, the last segment no longer
+  depends on the first; with one layer's, the other layer's reads still carry it. In the first
+  segment an emptied read is what the model computes anyway (its memory is empty)."""
+  import numpy as np
+
+  from experiments import memory_ablation
+  from tests.conftest import TINY
+
+  T = TINY.segment_len
+  x = np.asarray(np.random.default_rng(0).integers(1, TINY.vocab_size, (2, 3 * T)))
+  y = x.copy()
+  y[:, 0] = (y[:, 0] + 1) % TINY.vocab_size
+  reaches, first = {}, {}
+  for off in [(), (0,), (0, 1)]:
+    model = make_model(num_layers=2)
+    memory_ablation.empty_reads(model, off)
+    a, b = model(x)[0], model(y)[0]
+    reaches[off] = float(np.abs(np.asarray(a[:, -T:]) - np.asarray(b[:, -T:])).max())
+    first[off] = np.asarray(a[:, :T])
+  assert reaches[()] > 1e-4 and reaches[(0,)] > 1e-4
+  assert reaches[(0, 1)] == 0.0
+  np.testing.assert_allclose(first[(0, 1)], first[()], rtol=1e-6, atol=1e-6)
