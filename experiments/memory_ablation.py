@@ -27,13 +27,6 @@ from ml_collections import config_flags
 
 from infini_jax import evaluate, memories, report
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:args].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
-_EVALUATOR = flags.DEFINE_string("evaluator", "perplexity",
-                                 "The config's perplexity evaluator to run (a name in config.evals).")
-flags.mark_flags_as_required(["config", "workdir"])
-
 class EmptyReads(memories.Infini):
   """Infini whose memory reads return 0, what an empty memory returns; the writes go on."""
 
@@ -85,4 +78,11 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags only when run: the tests import empty_reads next to other modules that define --config.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:args].",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  _EVALUATOR = flags.DEFINE_string("evaluator", "perplexity", "The config's perplexity evaluator "
+                                   "to run (a name in config.evals).")
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)

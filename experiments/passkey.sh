@@ -84,6 +84,14 @@ for seed in 1 2; do
       "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3"
   sweep "jit127_seed${seed}_4k" "write_gate=true,train_len=4096"
 done
+# The same jittered 4K stage with the gates at the base rate, as in the gatelr1 stages above:
+# against those, the jitter is then the only difference.
+for seed in 1 2; do
+  SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
+  train "jit127_gatelr1_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
+      "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
+  sweep "jit127_gatelr1_seed${seed}_4k" "write_gate=true,train_len=4096"
+done
 # The runs swept before passkey_mid existed, with the answer mid-segment (docs/RESULTS.md:
 # "Where the answer lands in its segment").
 for run in gated_4k gated_seed1_4k gated_seed1_4k_gatelr1 gated_seed2_4k_gatelr1 gatelr1_seed1_4k; do
