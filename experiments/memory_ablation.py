@@ -15,10 +15,9 @@ the trained model leans on what the layer's memory holds, not what a model train
 memory reaches (the `local` and `xl` runs say that).
 """
 
+import dataclasses
 import sys
 import time
-
-import dataclasses
 
 import jax.numpy as jnp
 from absl import app, flags, logging
@@ -26,6 +25,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from infini_jax import evaluate, memories, report
+
 
 class EmptyReads(memories.Infini):
   """Infini whose memory reads return 0, what an empty memory returns; the writes go on."""
