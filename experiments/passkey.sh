@@ -77,20 +77,17 @@ done
 # The 4K stage of seeds 1 and 2 again from their 512 checkpoints, each prompt up to 127 tokens
 # shorter than the window (jitter) so that the answer lands at any offset of its segment: the
 # sweep's 2^k-token prompts put the answer right after a segment boundary, which the 4K stage
-# otherwise never shows (docs/RESULTS.md: "Where the answer lands in its segment").
+# otherwise never shows (docs/RESULTS.md: "Where the answer lands in its segment"). Once with the
+# gates at their default rate (10), once at the base rate as in the gatelr1 stages above: against
+# those, the jitter is then the only difference.
 for seed in 1 2; do
   SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
-  train "jit127_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
-      "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3"
-  sweep "jit127_seed${seed}_4k" "write_gate=true,train_len=4096"
-done
-# The same jittered 4K stage with the gates at the base rate, as in the gatelr1 stages above:
-# against those, the jitter is then the only difference.
-for seed in 1 2; do
-  SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
-  train "jit127_gatelr1_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
-      "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
-  sweep "jit127_gatelr1_seed${seed}_4k" "write_gate=true,train_len=4096"
+  for rate in 10 1; do
+    name=jit127_seed${seed}_4k; [ "$rate" = 1 ] && name=jit127_gatelr1_seed${seed}_4k
+    train "$name" "write_gate=true,jitter=127,train_len=4096,steps=700" \
+        "$SEED --config.init_from=$RUNS/gated_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=$rate"
+    sweep "$name" "write_gate=true,train_len=4096"
+  done
 done
 # The runs swept before passkey_mid existed, with the answer mid-segment (docs/RESULTS.md:
 # "Where the answer lands in its segment").
