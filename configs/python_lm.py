@@ -18,7 +18,9 @@ beyond the paper; configs/passkey.py measures it on retrieval). `decay=true` add
 model.memory_decay (a learned per-head fade of earlier segments' writes, beyond the paper), and
 `xl_cache=true` model.xl_cache (Infini's local attention also sees the previous segment, as XL's).
 `gate_init=X` starts every head's gate logit β at X (model.gate_init; 0, an even mix, by default),
-and `query_gate=true` makes the gate sigmoid(β + q·w) per token (model.query_gate, beyond the paper).
+`query_gate=true` makes the gate sigmoid(β + q·w) per token (model.query_gate, beyond the paper),
+and `memory_add=true` adds the gated read to the local output instead of mixing the two
+(model.memory_add, beyond the paper).
 `full` attends over the whole training window (one segment of 2,048); it reads held-out files
 in windows of 2,048 that do not see each other.
 """
@@ -39,13 +41,14 @@ BASELINES = dict(memorizing=dict(memory_size=16 * SEGMENT, topk=32),
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=1500,
                             write_gate=False, decay=False, xl_cache=False, gate_init=0.0,
-                            query_gate=False)
+                            query_gate=False, memory_add=False)
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.steps = 20
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
                          num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=SEGMENT,
                          write_gate=arg.write_gate, memory_decay=arg.decay, xl_cache=arg.xl_cache,
                          gate_init=arg.gate_init, query_gate=arg.query_gate,
+                         memory_add=arg.memory_add,
                          **BASELINES.get(arg.memory, {}))
   c.seq_len = TRAIN_LEN
   if arg.memory == "full":

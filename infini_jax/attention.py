@@ -168,11 +168,15 @@ class InfiniAttention(nnx.Module):
   def mix(self, a_mem: jax.Array, local: jax.Array, q: jax.Array) -> jax.Array:
     """The paper's eq. 6: g·A_mem + (1 - g)·A_dot, g = sigmoid(β) per head; with
     model.query_gate g = sigmoid(β + q·w) per token and head, q [B, T, N, H] before RoPE.
-    a_mem, local [B, T, N, V] -> [B, T, N, V] float32."""
+    With model.memory_add g·A_mem + A_dot: the read is an extra term and the local output keeps
+    its whole weight, where the paper's mix gives up (1 - g) of it, also in the first segment
+    whose memory is empty. a_mem, local [B, T, N, V] -> [B, T, N, V] float32."""
     logit = self.gate[...][None, None, :]  # [1, 1, N]
     if hasattr(self, "gate_w"):
       logit = logit + jnp.einsum("BTNH,NH->BTN", q.astype(jnp.float32), self.gate_w[...])
     g = jax.nn.sigmoid(logit)[..., None]  # [B or 1, T or 1, N, 1]
+    if getattr(self.segment_memory, "additive", False):
+      return g * a_mem + local
     return g * a_mem + (1.0 - g) * local
 
   # The pieces segment memories build on.

@@ -100,12 +100,15 @@ class ModelConfig:
   # Transformer-XL's does: exact recent context beside the compressive memory of everything.
   # query_gate: the gate becomes sigmoid(β + q·w) per token and head (InfiniAttention.mix), so
   # that a head can read the memory for some tokens and its local context for others.
+  # memory_add: the gated memory read is added to the local output, g·A_mem + A_dot, instead of
+  # mixed with it (InfiniAttention.mix), so that a head keeps its whole local output.
   token_shift: int = 0
   memory_scale: bool = False
   write_gate: bool = False
   memory_decay: bool = False
   xl_cache: bool = False
   query_gate: bool = False
+  memory_add: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -134,7 +137,8 @@ class ModelConfig:
                        ("write_gate", "weighs the compressive memory's writes"),
                        ("memory_decay", "fades the compressive memory"),
                        ("xl_cache", "adds Transformer-XL's cache to Infini-attention"),
-                       ("query_gate", "makes Infini-attention's gate depend on the query")):
+                       ("query_gate", "makes Infini-attention's gate depend on the query"),
+                       ("memory_add", "adds Infini-attention's memory read to its local output")):
       if getattr(self, name) and self.memory != "infini":
         raise ValueError(f"model.{name} {what}: it needs memory='infini', not {self.memory!r}")
     if self.memory_scale and self.rule == "deltanet":

@@ -1,5 +1,5 @@
 """The options beyond the paper (model.token_shift, model.memory_scale, model.write_gate,
-model.memory_decay, model.xl_cache, model.query_gate, rule=deltanet) and the teacher-forced passkey scorer that
+model.memory_decay, model.xl_cache, model.query_gate, model.memory_add, rule=deltanet) and the teacher-forced passkey scorer that
 works for every memory."""
 
 import dataclasses
@@ -226,6 +226,35 @@ def test_query_gate_starts_as_the_paper_is_learned_and_decodes_as_scanned(make_m
   assert g.std(axis=1).min() > 0  # it varies along the segment
 
 
+def test_memory_add_keeps_the_local_output_and_adds_the_read(make_model):
+  """g·A_mem + A_dot: in the first segment (empty memory) the layer is its local path whatever
+  the gate, where the paper's mix scales it by 1 - g; later segments add the read, the same
+  in the segment scan and in decoding."""
+  x = tokens(8, 3 * T + 2)
+  local, paper = make_model(seed=0, memory="local"), make_model(seed=0)
+  added = make_model(seed=0, memory_add=True)
+  for block in added.blocks:
+    block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  want, _ = forward(local, x[:, :T])
+  np.testing.assert_allclose(forward(added, x[:, :T])[0], want, rtol=1e-5, atol=1e-5)
+  assert np.abs(np.asarray(forward(paper, x[:, :T])[0]) - np.asarray(want)).max() > 1e-3
+
+  out, _ = forward(added, x)
+  y = x.copy()
+  y[:, 0] = (y[:, 0] + 1) % TINY.vocab_size
+  other, _ = forward(added, y)
+  assert np.abs(np.asarray(other)[:, -1] - np.asarray(out)[:, -1]).max() > 1e-6  # the read
+  decoder = gen.Decoder(added, chunk_segments=2)
+  logits, _ = decoder.feed(decoder.start(2), x)
+  np.testing.assert_allclose(logits, out[:, -1], rtol=1e-5, atol=1e-5)
+
+  attn = added.blocks[0].attn
+  q = jnp.zeros((2, T, TINY.num_heads, TINY.head_dim))
+  ones, zeros = jnp.ones((2, T, TINY.num_heads, 4)), jnp.zeros((2, T, TINY.num_heads, 4))
+  np.testing.assert_allclose(attn.mix(ones, zeros, q)[0, 0, :, 0], attn.gate_value(), rtol=1e-6)
+  np.testing.assert_allclose(attn.mix(zeros, ones, q), ones)  # the local output, whole
+
+
 def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
   model = make_model(rule="deltanet")
   for block in model.blocks:
@@ -258,6 +287,8 @@ def test_options_are_checked(make_model):
     make_model(memory="xl", xl_cache=True)
   with pytest.raises(ValueError, match="query_gate makes Infini-attention's gate depend"):
     make_model(memory="local", query_gate=True)
+  with pytest.raises(ValueError, match="memory_add adds Infini-attention's memory read"):
+    make_model(memory="xl", memory_add=True)
 
 
 @pytest.mark.parametrize("memory", ["infini", "xl"])

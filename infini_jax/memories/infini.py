@@ -38,13 +38,16 @@ class Infini:
   xl: XL | None = None
   # model.query_gate: the gate's logit also has a learned term q·w per token (InfiniAttention.mix).
   query_gated: bool = False
+  # model.memory_add: the gated read is added to the local output, not mixed with it.
+  additive: bool = False
   gated = True
 
   @classmethod
   def of(cls, cfg) -> "Infini":
     return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, scaled=cfg.memory_scale,
                write_gated=cfg.write_gate, decayed=cfg.memory_decay,
-               xl=XL.of(cfg) if cfg.xl_cache else None, query_gated=cfg.query_gate)
+               xl=XL.of(cfg) if cfg.xl_cache else None, query_gated=cfg.query_gate,
+               additive=cfg.memory_add)
 
   def init_state(self, batch: int):
     memory = memlib.init_memory(batch, self.K, self.H, self.H)
