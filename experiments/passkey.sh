@@ -89,6 +89,16 @@ for seed in 1 2; do
     sweep "$name" "write_gate=true,train_len=4096"
   done
 done
+# The same recipe (jitter, the gates at the base rate in the 4K stage) on two more seeds, 0 and
+# 3, each from its own 512-token stage (seed 0's is gated_512): how reliable it is across seeds.
+for seed in 0 3; do
+  SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
+  base=gated_seed${seed}_512; [ "$seed" = 0 ] && base=gated_512
+  train "$base" "write_gate=true,train_len=512,steps=1500" "$SEED"
+  train "jit127_gatelr1_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
+      "$SEED --config.init_from=$RUNS/$base/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
+  sweep "jit127_gatelr1_seed${seed}_4k" "write_gate=true,train_len=4096"
+done
 # The runs swept before passkey_mid existed, with the answer mid-segment (docs/RESULTS.md:
 # "Where the answer lands in its segment").
 for run in gated_4k gated_seed1_4k gated_seed1_4k_gatelr1 gated_seed2_4k_gatelr1 gatelr1_seed1_4k; do
