@@ -6,8 +6,8 @@ the key's share of the memory is too small for retrieval to be found at all), th
 prompts of 2K ... 1M tokens with the key at the start, middle and end. About an hour of training
 on one CPU core; experiments/passkey.sh runs every variant, docs/RESULTS.md has the figures.
 The best recipe found (100% of whole keys at 2K and 4K, the answer opening a segment or
-inside one, in two seeds of two; seed 2 also at every length to 1M; the 4K stage with
-jitter=127, see `jitter` below, and the gates at the base learning rate):
+inside one, in four seeds of four; 90-100% at every length to 1M in two of them; the 4K stage
+with jitter=127, see `jitter` below, and the gates at the base learning rate):
 
   python train.py --config=configs/passkey.py:write_gate=true,train_len=512,steps=1500 \
       --workdir=runs/pk/gated_512
