@@ -161,8 +161,9 @@ class InfiniAttention(nnx.Module):
     return jax.nn.sigmoid(self.memory_decay[...])
 
   def gate_value(self) -> jax.Array:
-    """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context. With
-    model.query_gate, the gate of a query q = 0."""
+    """sigmoid(β) per query head: 1 reads only the memory, 0 only the local context (with
+    model.memory_add, 1 adds the whole read to the local output). With model.query_gate, the
+    gate of a query q = 0."""
     return jax.nn.sigmoid(self.gate[...])
 
   def mix(self, a_mem: jax.Array, local: jax.Array, q: jax.Array) -> jax.Array:

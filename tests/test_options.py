@@ -1,6 +1,6 @@
 """The options beyond the paper (model.token_shift, model.memory_scale, model.write_gate,
-model.memory_decay, model.xl_cache, model.query_gate, model.memory_add, rule=deltanet) and the teacher-forced passkey scorer that
-works for every memory."""
+model.memory_decay, model.xl_cache, model.query_gate, model.memory_add, rule=deltanet) and the
+teacher-forced passkey scorer that works for every memory."""
 
 import dataclasses
 
