@@ -21,6 +21,10 @@ model.memory_decay (a learned per-head fade of earlier segments' writes, beyond 
 `query_gate=true` makes the gate sigmoid(β + q·w) per token (model.query_gate, beyond the paper),
 and `memory_add=true` adds the gated read to the local output instead of mixing the two
 (model.memory_add, beyond the paper).
+`token_shift=S` gives every memory's input the embeddings of the S bytes before each token
+(model.token_shift, beyond the paper), and `memory_scale=true` Infini a learned scale on the q and
+k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `layers=N` trains
+N layers instead of 2, for every memory alike.
 `full` attends over the whole training window (one segment of 2,048); it reads held-out files
 in windows of 2,048 that do not see each other.
 """
@@ -41,14 +45,17 @@ BASELINES = dict(memorizing=dict(memory_size=16 * SEGMENT, topk=32),
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=1500,
                             write_gate=False, decay=False, xl_cache=False, gate_init=0.0,
-                            query_gate=False, memory_add=False)
+                            query_gate=False, memory_add=False, token_shift=0, memory_scale=False,
+                            layers=2)
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.steps = 20
-  c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
-                         num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=SEGMENT,
+  c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, num_layers=arg.layers,
+                         d_model=128, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
+                         segment_len=SEGMENT,
                          write_gate=arg.write_gate, memory_decay=arg.decay, xl_cache=arg.xl_cache,
                          gate_init=arg.gate_init, query_gate=arg.query_gate,
-                         memory_add=arg.memory_add,
+                         memory_add=arg.memory_add, token_shift=arg.token_shift,
+                         memory_scale=arg.memory_scale,
                          **BASELINES.get(arg.memory, {}))
   c.seq_len = TRAIN_LEN
   if arg.memory == "full":

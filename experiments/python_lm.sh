@@ -21,10 +21,12 @@ for seed in ${SEEDS:-0 1 2}; do
   for m in $MEMORIES; do
     # MEMORY, or infini:RULE, or infini:RULE:OPTIONS with OPTIONS config arguments of
     # configs/python_lm.py joined by +: a flag (write_gate, decay, xl_cache) or name=value
-    # (gate_init=-3). infini:linear:decay+xl_cache runs as infini_linear_decay_xl_cache.
+    # (gate_init=-3). infini:linear:decay+xl_cache runs as infini_linear_decay_xl_cache, and
+    # xl::token_shift=8 (the rule is Infini's alone) as xl_token_shift_8.
     IFS=: read -r memory rule option <<< "$m"; rule=${rule:-linear}
     args="memory=$memory,rule=$rule,steps=$STEPS${option:+,${option//+/,}}"
-    name=$memory; [ "$memory" = infini ] && name=infini_$rule${option:+_${option//[+=]/_}}
+    name=$memory; [ "$memory" = infini ] && name=infini_$rule
+    name=$name${option:+_${option//[+=]/_}}
     dir=$RUNS/$name/seed$seed
     [ -f "$dir/final_metrics.json" ] && continue
     mkdir -p "$dir"
