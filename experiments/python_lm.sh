@@ -5,7 +5,8 @@
 #   bash experiments/python_lm.sh [RUNS_DIR [STEPS [MEMORIES]]]
 # SEEDS="0 1 2" by default; one invocation per seed runs them in parallel (pin each to its cores).
 # defaults: runs/python_lm, 1,500 steps, Infini (linear, as published and with the options of
-# docs/RESULTS.md section 2), local and XL (about 480 CPU-minutes);
+# docs/RESULTS.md section 2), local and XL, then XL and the best Infini with token shift
+# (about 550 CPU-minutes);
 # every memory at 300 steps, for example:
 #   bash experiments/python_lm.sh runs/python_lm_all 300 "infini:linear infini:delta local xl memorizing rmt full"
 set -euo pipefail
@@ -15,7 +16,8 @@ MEMORIES=${3:-infini:linear local xl infini:linear:write_gate infini:linear:deca
   infini:linear:decay+xl_cache infini:linear:gate_init=-3 infini:linear:decay+gate_init=-3
   infini:linear:decay+xl_cache+gate_init=-3 infini:linear:query_gate
   infini:linear:decay+xl_cache+gate_init=-3+query_gate infini:linear:decay+gate_init=-3+memory_add
-  infini:linear:decay+xl_cache+gate_init=-3+memory_add}
+  infini:linear:decay+xl_cache+gate_init=-3+memory_add xl::token_shift=8
+  infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale}
 PY=${PYTHON:-.venv/bin/python}
 for seed in ${SEEDS:-0 1 2}; do
   for m in $MEMORIES; do
