@@ -24,7 +24,9 @@ and `memory_add=true` adds the gated read to the local output instead of mixing 
 `token_shift=S` gives every memory's input the embeddings of the S bytes before each token
 (model.token_shift, beyond the paper), and `memory_scale=true` Infini a learned scale on the q and
 k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `layers=N` trains
-N layers instead of 2, for every memory alike.
+N layers instead of 2, for every memory alike. `train_len=N` trains on windows of N tokens (a
+multiple of 64 that divides 8,192) at the same 8,192 tokens a step, so the same budget, and
+measures `perplexity` on the first N tokens of each held-out file.
 `full` attends over the whole training window (one segment of 2,048); it reads held-out files
 in windows of 2,048 that do not see each other.
 """
@@ -34,6 +36,7 @@ from infini_jax import evaluate
 
 SEGMENT = 64
 TRAIN_LEN = 2048
+TOKENS_PER_STEP = 8192
 # The baselines' memories scaled to a segment of 64: Memorizing Transformers' kNN store holds
 # 16 segments of keys, the Compressive Transformer keeps a segment's worth of compressed slots,
 # RMT carries 8 memory tokens.
@@ -46,7 +49,10 @@ def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=1500,
                             write_gate=False, decay=False, xl_cache=False, gate_init=0.0,
                             query_gate=False, memory_add=False, token_shift=0, memory_scale=False,
-                            layers=2)
+                            layers=2, train_len=TRAIN_LEN)
+  if arg.train_len % SEGMENT or TOKENS_PER_STEP % arg.train_len:
+    raise ValueError(f"train_len={arg.train_len}: use a multiple of {SEGMENT} that divides "
+                     f"{TOKENS_PER_STEP} (the tokens of one step), e.g. 2048, 4096 or 8192")
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.steps = 20
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, num_layers=arg.layers,
@@ -57,18 +63,19 @@ def get_config(arg=None):
                          memory_add=arg.memory_add, token_shift=arg.token_shift,
                          memory_scale=arg.memory_scale,
                          **BASELINES.get(arg.memory, {}))
-  c.seq_len = TRAIN_LEN
+  c.seq_len = arg.train_len
   if arg.memory == "full":
-    c.model.segment_len = TRAIN_LEN  # one segment: causal attention over the whole window
-  c.batch_size = 4  # 8,192 tokens a step
+    c.model.segment_len = arg.train_len  # one segment: causal attention over the whole window
+  # Every window length gets the same tokens a step, so runs of any length share the budget.
+  c.batch_size = TOKENS_PER_STEP // arg.train_len
   c.optimizer.update(lr=3e-3, warmup_steps=30)
   c.train.update(steps=arg.steps, log_every=25, eval_every=arg.steps, checkpoint_every=100)
-  # The memory is trained on streams of TRAIN_LEN tokens: measured there first, then far beyond.
-  c.evals.perplexity.update(split="validation", max_documents=64, max_tokens=TRAIN_LEN,
-                            chunk_len=TRAIN_LEN, batch_size=8)
+  # The memory is trained on streams of train_len tokens: measured there first, then far beyond.
+  c.evals.perplexity.update(split="validation", max_documents=64, max_tokens=arg.train_len,
+                            chunk_len=arg.train_len, batch_size=8)
   c.evals.perplexity_long = evaluate.settings(
-      "perplexity", split="validation", max_documents=16, max_tokens=16384, chunk_len=TRAIN_LEN,
-      batch_size=4)
+      "perplexity", split="validation", max_documents=16, max_tokens=16384,
+      chunk_len=arg.train_len, batch_size=4)
   c.evals.perplexity_long.kind = "perplexity"
   c.evals.gates = evaluate.settings("gates")  # sigmoid(β) per head (the paper's Figure 3)
   if arg.runlocal:

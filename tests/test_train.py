@@ -69,6 +69,12 @@ def test_python_lm_arguments_reach_the_model_of_every_memory():
   assert load("python_lm", "memory_scale=true,memory_add=true").model.memory_scale
   with pytest.raises(ValueError, match="memory_scale .* needs memory='infini', not 'xl'"):
     configlib.validate(load("python_lm", "memory=xl,memory_scale=true"), device_count=1)
+  # A longer window keeps the tokens of a step (the budget) and is measured at its own length.
+  base, long = load("python_lm", "memory=xl"), load("python_lm", "memory=xl,train_len=4096")
+  assert (long.seq_len, long.evals.perplexity.max_tokens) == (4096, 4096)
+  assert long.seq_len * long.batch_size == base.seq_len * base.batch_size
+  with pytest.raises(ValueError, match="train_len=3000: use a multiple of 64 that divides 8192"):
+    load("python_lm", "train_len=3000")
 
 
 def test_inconsistent_settings_are_refused():
