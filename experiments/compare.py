@@ -1,9 +1,13 @@
 """The comparison table of a set of runs: held-out perplexity by memory, mean ± std over seeds.
 
   python -m experiments.compare runs/python_lm      # RUNS/NAME/seedN/{config,final_metrics}.json
+  python -m experiments.compare runs/python_lm xl_token_shift_8   # and gaps against that run
 
 Prints a Markdown table (overall perplexity and by segment position, parameters, state size)
 and the gates of the infini runs per layer, and writes RUNS/compare.md and RUNS/compare.png.
+With a reference run named, also each run's gap to it seed by seed: runs of one seed share the
+initialisation's random draws and the order of the training windows, so the per-seed gap
+separates the memories from how a seed's training went, which the spread across seeds mixes in.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ def load(runs: str) -> dict[str, list[dict]]:
     with open(os.path.join(run, "config.json")) as f:
       model = json.load(f)["model"]
     out.setdefault(os.path.basename(os.path.dirname(run)), []).append(
-        dict(metrics=metrics, model=model))
+        dict(metrics=metrics, model=model, seed=os.path.basename(run)[len("seed"):]))
   return out
 
 
@@ -71,6 +75,26 @@ def table(results: dict[str, list[dict]], evaluator: str) -> tuple[str, list[str
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   lines += ["| " + " | ".join(r) + " |" for r in rows]
   return "\n".join(lines), buckets
+
+
+def paired(results: dict[str, list[dict]], evaluator: str, reference: str) -> str:
+  """A markdown table of each run's perplexity minus `reference`'s, over the seeds both have."""
+  ppl = f"eval/{evaluator}/ppl"
+  ref = {s["seed"]: s["metrics"][ppl] for s in results[reference] if ppl in s["metrics"]}
+  ref_spread = np.std(list(ref.values()), ddof=1) if len(ref) > 1 else np.nan
+  lines = [f"| memory | seeds | minus {reference}, per seed | mean ± std | below in | "
+           f"mean / {reference}'s spread across seeds ({ref_spread:.3f}) |", "|---|---|---|---|---|---|"]
+  for name, seeds in sorted(results.items()):
+    gaps = {s["seed"]: s["metrics"][ppl] - ref[s["seed"]] for s in seeds
+            if s["seed"] in ref and ppl in s["metrics"]}
+    if name == reference or not gaps:
+      continue
+    order = sorted(gaps, key=int)
+    g = np.array([gaps[k] for k in order])
+    lines.append(f"| {name} | {', '.join(order)} | {', '.join(f'{x:+.3f}' for x in g)} | "
+                 f"{mean_std(g)} | {(g < 0).sum()} of {len(g)} | "
+                 f"{g.mean() / ref_spread:+.2f} |")
+  return "\n".join(lines)
 
 
 def gates(results: dict[str, list[dict]]) -> str:
@@ -120,12 +144,14 @@ def plot(results, evaluator, buckets, path):
 
 
 def main(argv):
-  if len(argv) != 1:
-    sys.exit("usage: python -m experiments.compare RUNS_DIR")
-  runs = argv[0]
+  if len(argv) not in (1, 2):
+    sys.exit("usage: python -m experiments.compare RUNS_DIR [REFERENCE_RUN]")
+  runs, reference = argv[0], (argv[1:] or [None])[0]
   results = load(runs)
   if not results:
     sys.exit(f"no finished runs (NAME/seedN/final_metrics.json) under {runs}")
+  if reference is not None and reference not in results:
+    sys.exit(f"no finished run {reference!r} under {runs}; it has {sorted(results)}")
   tables, plots = [], []
   # Every perplexity evaluator the runs have (configs/python_lm.py: perplexity, at the trained
   # length, and perplexity_long, streamed far beyond it).
@@ -134,6 +160,9 @@ def main(argv):
   for evaluator in evaluators:
     text, buckets = table(results, evaluator)
     tables.append(f"{evaluator}:\n\n{text}")
+    if reference is not None:
+      tables.append(f"{evaluator}, seed by seed against {reference}:\n\n"
+                    + paired(results, evaluator, reference))
     plots.append((evaluator, buckets))
   g = gates(results)
   report = "\n\n".join(tables) + ("\n\n" + g if g else "") + "\n"

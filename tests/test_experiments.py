@@ -4,6 +4,8 @@ import dataclasses
 import json
 import os
 
+import pytest
+
 from configs import models
 from experiments import compare
 
@@ -39,6 +41,23 @@ def test_one_table_per_perplexity_evaluator(tmp_path):
   assert "| 5.200 ± 0.283 |" in rows[0] and "| 5.200 |" in rows[1]  # seg 129-256: 5.0, 5.4
   for evaluator in ("perplexity", "perplexity_long"):
     assert os.path.getsize(os.path.join(runs, f"compare_{evaluator}.png")) > 0
+
+
+def test_gaps_against_a_reference_pair_runs_by_seed(tmp_path):
+  runs = str(tmp_path)
+  # Seed 2 is worse for both, so the spread across seeds is wide while the pairs agree.
+  for seed, (x, i) in {0: (4.2, 4.15), 1: (4.1, 4.06), 2: (4.4, 4.38)}.items():
+    write_run(runs, "xl", seed, {"eval/perplexity/ppl": x})
+    write_run(runs, "infini", seed, {"eval/perplexity/ppl": i})
+  write_run(runs, "local", 3, {"eval/perplexity/ppl": 5.0})  # no seed in common: left out
+  compare.main([runs, "xl"])
+  report = open(os.path.join(runs, "compare.md")).read()
+  rows = report.split("seed by seed against xl:")[1].splitlines()
+  row = next(r for r in rows if r.startswith("| infini |"))
+  assert "| 0, 1, 2 | -0.050, -0.040, -0.020 | -0.037 ± 0.015 | 3 of 3 | -0.24 |" in row
+  assert "(0.153)" in rows[2] and not any(r.startswith("| local") for r in rows)
+  with pytest.raises(SystemExit, match="no finished run 'xll'"):
+    compare.main([runs, "xll"])
 
 
 def test_memory_ablation_empties_the_reads_of_the_layers_named(make_model):
