@@ -26,7 +26,9 @@ and `memory_add=true` adds the gated read to the local output instead of mixing 
 k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `layers=N` trains
 N layers instead of 2, for every memory alike. `train_len=N` trains on windows of N tokens (a
 multiple of 64 that divides 8,192) at the same 8,192 tokens a step, so the same budget, and
-measures `perplexity` on the first N tokens of each held-out file.
+measures `perplexity` on the first N tokens of each held-out file. `shuffle_seed=N` fixes the
+order of the training windows (data.shuffle_seed; by default it follows --config.seed), so that
+seeds vary the initialisation alone.
 `full` attends over the whole training window (one segment of 2,048); it reads held-out files
 in windows of 2,048 that do not see each other.
 """
@@ -49,7 +51,7 @@ def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=1500,
                             write_gate=False, decay=False, xl_cache=False, gate_init=0.0,
                             query_gate=False, memory_add=False, token_shift=0, memory_scale=False,
-                            layers=2, train_len=TRAIN_LEN)
+                            layers=2, train_len=TRAIN_LEN, shuffle_seed=-1)
   if arg.train_len % SEGMENT or TOKENS_PER_STEP % arg.train_len:
     raise ValueError(f"train_len={arg.train_len}: use a multiple of {SEGMENT} that divides "
                      f"{TOKENS_PER_STEP} (the tokens of one step), e.g. 2048, 4096 or 8192")
@@ -64,6 +66,7 @@ def get_config(arg=None):
                          memory_scale=arg.memory_scale,
                          **BASELINES.get(arg.memory, {}))
   c.seq_len = arg.train_len
+  c.data.shuffle_seed = arg.shuffle_seed
   if arg.memory == "full":
     c.model.segment_len = arg.train_len  # one segment: causal attention over the whole window
   # Every window length gets the same tokens a step, so runs of any length share the budget.

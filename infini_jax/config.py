@@ -35,6 +35,9 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
       train_split="train", eval_split="validation",
       passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000,
       passkey_jitter=0,
+      # The order of the training windows: -1 follows `seed`; a fixed value keeps the data order
+      # while `seed` varies the initialisation alone (and the other way round).
+      shuffle_seed=-1,
       # The training loss's weight on the passkey answer's tokens (every other target weighs 1):
       # the answer is a handful of tokens in thousands, the part retrieval is learned from.
       answer_weight=1.0))
@@ -113,6 +116,9 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
   if config.data.name == "text_files" and not config.data.text_glob:
     raise ValueError("data.text_glob is empty: point it at your corpus, e.g. "
                      "--config.data.text_glob='/data/books/*.txt'")
+  if config.data.shuffle_seed < -1:
+    raise ValueError(f"data.shuffle_seed={config.data.shuffle_seed}: use -1 (follow seed) or a "
+                     "seed >= 0")
   pipeline.answer_tokens(config.data)  # raises on a data.answer_weight the dataset cannot use
   if config.init_from and not epath.Path(config.init_from).is_dir():
     raise ValueError(f"init_from={config.init_from} is not a directory: point it at the --out of "

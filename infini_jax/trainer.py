@@ -64,8 +64,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if jax.process_index() == 0:
       pipeline.prepare_from_config(config.data, config.seq_len)
     multihost_utils.sync_global_devices("data prepared")
+    shuffle_seed = config.seed if config.data.shuffle_seed == -1 else config.data.shuffle_seed
     train_iter = pipeline.make_train_iterator(
-        config.data, config.seq_len, model_cfg.segment_len, config.batch_size, config.seed,
+        config.data, config.seq_len, model_cfg.segment_len, config.batch_size, shuffle_seed,
         jax.process_index(), jax.process_count())
 
     # --- Restore, or start fresh. ---

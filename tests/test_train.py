@@ -75,6 +75,7 @@ def test_python_lm_arguments_reach_the_model_of_every_memory():
   assert long.seq_len * long.batch_size == base.seq_len * base.batch_size
   with pytest.raises(ValueError, match="train_len=3000: use a multiple of 64 that divides 8192"):
     load("python_lm", "train_len=3000")
+  assert (base.data.shuffle_seed, load("python_lm", "shuffle_seed=0").data.shuffle_seed) == (-1, 0)
 
 
 def test_inconsistent_settings_are_refused():
@@ -177,6 +178,24 @@ def test_a_few_steps_lower_the_loss_and_write_metrics(tmp_path, data_dir):
   assert np.isfinite(out["eval/perplexity/ppl"]) and out["eval/perplexity/ppl"] < 259
   assert os.listdir(tmp_path / "tensorboard")
   assert json.load(open(tmp_path / "config.json"))["seq_len"] == 128
+
+
+def test_shuffle_seed_fixes_the_data_order_while_seed_varies_the_initialisation(tmp_path,
+                                                                                data_dir):
+  def first_loss(name, seed, shuffle_seed):
+    c = tiny(load("demo", "runlocal"), data_dir, steps=1)
+    c.seed, c.data.shuffle_seed = seed, shuffle_seed
+    trainer.train_and_evaluate(c, str(tmp_path / name))
+    return [r["train/loss"] for r in metrics.read(str(tmp_path / name)) if "train/loss" in r][0]
+
+  # The first loss is the initial parameters' on the first batch: equal only if both are.
+  follows = first_loss("follows", 0, -1)
+  assert first_loss("same", 0, 0) == follows  # -1 follows seed
+  assert first_loss("reshuffled", 0, 1) != follows  # another order, the same initialisation
+  c = load("demo", "runlocal")
+  c.data.shuffle_seed = -2
+  with pytest.raises(ValueError, match="shuffle_seed=-2"):
+    configlib.validate(c)
 
 
 def run_train(workdir, data_dir, steps, wait_for=None, sig=None):
