@@ -23,7 +23,9 @@ and `memory_add=true` adds the gated read to the local output instead of mixing 
 (model.memory_add, beyond the paper).
 `token_shift=S` gives every memory's input the embeddings of the S bytes before each token
 (model.token_shift, beyond the paper), and `memory_scale=true` Infini a learned scale on the q and
-k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `layers=N` trains
+k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `shift_init=X`
+starts the shift's weights at X (model.token_shift_init; 1 by default, 0 starts as the model
+without the shift). `layers=N` trains
 N layers instead of 2, for every memory alike. `train_len=N` trains on windows of N tokens (a
 multiple of 64 that divides 8,192) at the same 8,192 tokens a step, so the same budget, and
 measures `perplexity` on the first N tokens of each held-out file. `shuffle_seed=N` fixes the
@@ -50,7 +52,8 @@ BASELINES = dict(memorizing=dict(memory_size=16 * SEGMENT, topk=32),
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear", steps=1500,
                             write_gate=False, decay=False, xl_cache=False, gate_init=0.0,
-                            query_gate=False, memory_add=False, token_shift=0, memory_scale=False,
+                            query_gate=False, memory_add=False, token_shift=0, shift_init=1.0,
+                            memory_scale=False,
                             layers=2, train_len=TRAIN_LEN, shuffle_seed=-1)
   if arg.train_len % SEGMENT or TOKENS_PER_STEP % arg.train_len:
     raise ValueError(f"train_len={arg.train_len}: use a multiple of {SEGMENT} that divides "
@@ -63,6 +66,7 @@ def get_config(arg=None):
                          write_gate=arg.write_gate, memory_decay=arg.decay, xl_cache=arg.xl_cache,
                          gate_init=arg.gate_init, query_gate=arg.query_gate,
                          memory_add=arg.memory_add, token_shift=arg.token_shift,
+                         token_shift_init=arg.shift_init,
                          memory_scale=arg.memory_scale,
                          **BASELINES.get(arg.memory, {}))
   c.seq_len = arg.train_len

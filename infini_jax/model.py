@@ -13,6 +13,7 @@ the configured policy: back-propagation through time keeps only the carries betw
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable
 
 import jax
@@ -91,6 +92,9 @@ class ModelConfig:
   # token_shift: the input of token t also gets the embeddings of tokens t-1..t-S (S =
   # token_shift), each with a learned per-channel weight, carried across segments in the state,
   # so that a key written to memory can say what came before it (a one-layer induction key).
+  # token_shift_init: where those weights start. 1 gives the first layer a bag of the last S + 1
+  # tokens, in which the current one is not yet told apart; 0 starts as the model without the
+  # shift and lets the gradient bring the previous tokens in (docs/RESULTS.md measures both).
   # memory_scale: a learned per-head scale on q and k before σ (InfiniAttention.memory_qk).
   # write_gate: a learned per-token strength of each memory write (InfiniAttention.write_strength),
   # so that tokens worth nothing later (filler) need not pile up in M and z.
@@ -103,6 +107,7 @@ class ModelConfig:
   # memory_add: the gated memory read is added to the local output, g·A_mem + A_dot, instead of
   # mixed with it (InfiniAttention.mix), so that a head keeps its whole local output.
   token_shift: int = 0
+  token_shift_init: float = 1.0
   memory_scale: bool = False
   write_gate: bool = False
   memory_decay: bool = False
@@ -133,6 +138,12 @@ class ModelConfig:
     ropelib.scaling_of(self)  # raises on an unknown model.rope_scaling
     if self.token_shift < 0:
       raise ValueError(f"model.token_shift must be >= 0; got {self.token_shift}")
+    if self.token_shift_init != 1.0 and not self.token_shift:
+      raise ValueError(f"model.token_shift_init={self.token_shift_init} has no effect without "
+                       "model.token_shift: set model.token_shift > 0 or leave the init at 1")
+    if not math.isfinite(self.token_shift_init):
+      raise ValueError(f"model.token_shift_init must be a finite number; got "
+                       f"{self.token_shift_init}")
     for name, what in (("memory_scale", "scales the compressive memory's q and k"),
                        ("write_gate", "weighs the compressive memory's writes"),
                        ("memory_decay", "fades the compressive memory"),
@@ -248,8 +259,9 @@ class InfiniTransformer(nnx.Module):
           sharding=(None, sh.EMBED), eager_sharding=False)
     if cfg.token_shift:
       # Weight of the embedding of token t-1-j in the input of token t, per channel.
-      self.shift_mix = nnx.Param(jnp.ones((cfg.token_shift, cfg.d_model), param_dtype),
-                                 sharding=(None, sh.EMBED), eager_sharding=False)
+      self.shift_mix = nnx.Param(
+          jnp.full((cfg.token_shift, cfg.d_model), cfg.token_shift_init, param_dtype),
+          sharding=(None, sh.EMBED), eager_sharding=False)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,

@@ -50,6 +50,20 @@ def test_token_shift_state_makes_chunks_equal_one_pass(make_model):
   assert model.init_state(2)[-1].shape == (2, 3)
 
 
+def test_token_shift_started_at_zero_is_the_model_without_it_and_learns(make_model):
+  """token_shift_init=0: the same outputs as no shift at the start (the shift draws no random
+  numbers, so the other parameters match), and a gradient that brings the previous tokens in."""
+  plain, shifted = make_model(seed=0), make_model(seed=0, token_shift=3, token_shift_init=0.0)
+  x = tokens(3, 2 * T)
+  np.testing.assert_allclose(forward(shifted, x)[0], forward(plain, x)[0], rtol=1e-6, atol=1e-6)
+  graphdef, params = nnx.split(shifted)
+  grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
+  assert np.all(np.abs(np.asarray(grads["shift_mix"][...])).max(axis=1) > 0)  # every offset
+  ones = make_model(seed=0, token_shift=3)  # the default start: every offset at weight 1
+  np.testing.assert_array_equal(np.asarray(ones.shift_mix[...]), 1.0)
+  assert np.abs(np.asarray(forward(ones, x)[0]) - np.asarray(forward(plain, x)[0])).max() > 1e-3
+
+
 def test_memory_scale_starts_as_the_paper_and_is_learned(make_model):
   plain, scaled = make_model(seed=0), make_model(seed=0, memory_scale=True)
   x = tokens(2, 3 * T)
@@ -281,6 +295,8 @@ def test_options_are_checked(make_model):
     make_model(memory="xl", memory_scale=True)
   with pytest.raises(ValueError, match="token_shift"):
     make_model(token_shift=-1)
+  with pytest.raises(ValueError, match="token_shift_init=0.0 has no effect without"):
+    make_model(token_shift_init=0.0)
   with pytest.raises(ValueError, match="memory_decay fades the compressive memory"):
     make_model(memory="local", memory_decay=True)
   with pytest.raises(ValueError, match="xl_cache adds Transformer-XL's cache"):

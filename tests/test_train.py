@@ -63,9 +63,10 @@ def test_pg19_variants_select_the_memory():
 def test_python_lm_arguments_reach_the_model_of_every_memory():
   # experiments/python_lm.sh passes these to XL and local as well as to Infini: the shared ones
   # must change the baselines' model too, and an Infini-only one must be refused for them.
-  c = load("python_lm", "memory=xl,token_shift=8,layers=4")
+  c = load("python_lm", "memory=xl,token_shift=8,layers=4,shift_init=0")
   configlib.validate(c, device_count=1)
   assert (c.model.memory, c.model.token_shift, c.model.num_layers) == ("xl", 8, 4)
+  assert c.model.token_shift_init == 0.0
   assert load("python_lm", "memory_scale=true,memory_add=true").model.memory_scale
   with pytest.raises(ValueError, match="memory_scale .* needs memory='infini', not 'xl'"):
     configlib.validate(load("python_lm", "memory=xl,memory_scale=true"), device_count=1)
