@@ -297,6 +297,8 @@ def test_options_are_checked(make_model):
     make_model(token_shift=-1)
   with pytest.raises(ValueError, match="token_shift_init=0.0 has no effect without"):
     make_model(token_shift_init=0.0)
+  with pytest.raises(ValueError, match="token_shift_init must be a finite number"):
+    make_model(token_shift=2, token_shift_init=float("nan"))
   with pytest.raises(ValueError, match="memory_decay fades the compressive memory"):
     make_model(memory="local", memory_decay=True)
   with pytest.raises(ValueError, match="xl_cache adds Transformer-XL's cache"):
