@@ -99,6 +99,16 @@ for seed in 0 3; do
       "$SEED --config.init_from=$RUNS/$base/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
   sweep "jit127_gatelr1_seed${seed}_4k" "write_gate=true,train_len=4096"
 done
+# The jittered recipe for the two seeds that faded beyond 32K (1 and 0), with the token shift's
+# weights started at 0 instead of 1 in both stages (model.token_shift_init; docs/RESULTS.md:
+# "Where the token shift starts").
+for seed in 1 0; do
+  SEED="--config.seed=$seed --config.data.passkey_seed=$seed --config.model.token_shift_init=0"
+  train "shift0_seed${seed}_512" "write_gate=true,train_len=512,steps=1500" "$SEED"
+  train "jit127_gatelr1_shift0_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
+      "$SEED --config.init_from=$RUNS/shift0_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
+  sweep "jit127_gatelr1_shift0_seed${seed}_4k" "write_gate=true,train_len=4096"
+done
 # The runs swept before passkey_mid existed, with the answer mid-segment (docs/RESULTS.md:
 # "Where the answer lands in its segment").
 for run in gated_4k gated_seed1_4k gated_seed1_4k_gatelr1 gated_seed2_4k_gatelr1 gatelr1_seed1_4k; do
