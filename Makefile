@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt
 train: $(VENV)/.installed
 	$(PY) train.py --config=configs/demo.py --workdir=$(WORKDIR)
 
+# One worker per core (pytest-xdist), each file on one worker so that its module fixtures are
+# built once: most tests are single-threaded XLA compiles, so two cores take about half the time.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.run_all
