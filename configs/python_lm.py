@@ -27,8 +27,10 @@ k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `
 starts the shift's weights at X (model.token_shift_init; 1 by default, 0 starts as the model
 without the shift). `layers=N` trains
 N layers instead of 2, for every memory alike. `train_len=N` trains on windows of N tokens (a
-multiple of 64 that divides 8,192) at the same 8,192 tokens a step, so the same budget, and
-measures `perplexity` on the first N tokens of each held-out file. `shuffle_seed=N` fixes the
+multiple of the segment that divides 8,192) at the same 8,192 tokens a step, so the same budget,
+and measures `perplexity` on the first N tokens of each held-out file. `segment=N` runs every
+memory on segments of N tokens instead of 64 (the baselines' memories scale with it; the
+perplexities' segment positions are then of N tokens). `shuffle_seed=N` fixes the
 order of the training windows (data.shuffle_seed; by default it follows --config.seed), so that
 seeds vary the initialisation alone.
 `full` attends over the whole training window (one segment of 2,048); it reads held-out files
@@ -41,12 +43,15 @@ from infini_jax import evaluate
 SEGMENT = 64
 TRAIN_LEN = 2048
 TOKENS_PER_STEP = 8192
-# The baselines' memories scaled to a segment of 64: Memorizing Transformers' kNN store holds
-# 16 segments of keys, the Compressive Transformer keeps a segment's worth of compressed slots,
-# RMT carries 8 memory tokens.
-BASELINES = dict(memorizing=dict(memory_size=16 * SEGMENT, topk=32),
-                 compressive=dict(memory_size=SEGMENT, compress_rate=4),
-                 rmt=dict(memory_tokens=8))
+
+
+def baselines(segment):
+  """The baselines' memories scaled to the segment: Memorizing Transformers' kNN store holds 16
+  segments of keys, the Compressive Transformer keeps a segment's worth of compressed slots, RMT
+  carries 8 memory tokens."""
+  return dict(memorizing=dict(memory_size=16 * segment, topk=32),
+              compressive=dict(memory_size=segment, compress_rate=4),
+              rmt=dict(memory_tokens=8))
 
 
 def get_config(arg=None):
@@ -54,21 +59,22 @@ def get_config(arg=None):
                             write_gate=False, decay=False, xl_cache=False, gate_init=0.0,
                             query_gate=False, memory_add=False, token_shift=0, shift_init=1.0,
                             memory_scale=False,
-                            layers=2, train_len=TRAIN_LEN, shuffle_seed=-1)
-  if arg.train_len % SEGMENT or TOKENS_PER_STEP % arg.train_len:
-    raise ValueError(f"train_len={arg.train_len}: use a multiple of {SEGMENT} that divides "
-                     f"{TOKENS_PER_STEP} (the tokens of one step), e.g. 2048, 4096 or 8192")
+                            layers=2, train_len=TRAIN_LEN, segment=SEGMENT, shuffle_seed=-1)
+  if arg.segment < 1 or arg.train_len % arg.segment or TOKENS_PER_STEP % arg.train_len:
+    raise ValueError(f"train_len={arg.train_len}, segment={arg.segment}: use a segment that "
+                     f"divides train_len, and a train_len that divides {TOKENS_PER_STEP} (the "
+                     "tokens of one step), e.g. segment=32, 64 or 128 with train_len=2048")
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.steps = 20
   c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, num_layers=arg.layers,
                          d_model=128, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
-                         segment_len=SEGMENT,
+                         segment_len=arg.segment,
                          write_gate=arg.write_gate, memory_decay=arg.decay, xl_cache=arg.xl_cache,
                          gate_init=arg.gate_init, query_gate=arg.query_gate,
                          memory_add=arg.memory_add, token_shift=arg.token_shift,
                          token_shift_init=arg.shift_init,
                          memory_scale=arg.memory_scale,
-                         **BASELINES.get(arg.memory, {}))
+                         **baselines(arg.segment).get(arg.memory, {}))
   c.seq_len = arg.train_len
   c.data.shuffle_seed = arg.shuffle_seed
   if arg.memory == "full":

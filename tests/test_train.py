@@ -74,8 +74,13 @@ def test_python_lm_arguments_reach_the_model_of_every_memory():
   base, long = load("python_lm", "memory=xl"), load("python_lm", "memory=xl,train_len=4096")
   assert (long.seq_len, long.evals.perplexity.max_tokens) == (4096, 4096)
   assert long.seq_len * long.batch_size == base.seq_len * base.batch_size
-  with pytest.raises(ValueError, match="train_len=3000: use a multiple of 64 that divides 8192"):
+  with pytest.raises(ValueError, match="train_len=3000, segment=64: use a segment that divides"):
     load("python_lm", "train_len=3000")
+  # Every memory runs on the segment asked for, the baselines' stores scaled with it.
+  short = load("python_lm", "memory=memorizing,segment=32")
+  assert (short.model.segment_len, short.model.memory_size, short.seq_len) == (32, 512, 2048)
+  with pytest.raises(ValueError, match="segment=48: use a segment that divides train_len"):
+    load("python_lm", "segment=48")
   assert (base.data.shuffle_seed, load("python_lm", "shuffle_seed=0").data.shuffle_seed) == (-1, 0)
 
 
