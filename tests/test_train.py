@@ -84,6 +84,21 @@ def test_python_lm_arguments_reach_the_model_of_every_memory():
   assert (base.data.shuffle_seed, load("python_lm", "shuffle_seed=0").data.shuffle_seed) == (-1, 0)
 
 
+def test_python_lm_script_runs_a_valid_config_per_memory(tmp_path):
+  # `make results-lm` spends some 1,000 CPU-minutes on the script's default list: each entry it
+  # turns into config arguments must load and validate, into a workdir of its own, before any
+  # of that is spent. `echo` in place of Python writes each run's command into its train.log.
+  env = dict(os.environ, PYTHON="echo", SEEDS="0")
+  subprocess.run(["bash", "experiments/python_lm.sh", str(tmp_path)], cwd=ROOT, env=env,
+                 check=True, capture_output=True)
+  logs = sorted(glob.glob(str(tmp_path / "*" / "seed0" / "train.log")))
+  assert len(logs) >= 20
+  for log in logs:
+    words = open(log).read().split()
+    assert words[0] == "train.py" and words[1].startswith("--config=configs/python_lm.py:")
+    configlib.validate(load("python_lm", words[1].split(":", 1)[1]), device_count=1)
+
+
 def test_inconsistent_settings_are_refused():
   c = load("demo", "runlocal")
   c.seq_len = 100
