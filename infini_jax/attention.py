@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from infini_jax import dense
 from infini_jax import memories
 from infini_jax import memory as memlib
 from infini_jax import rope as ropelib
@@ -184,8 +185,8 @@ class InfiniAttention(nnx.Module):
 
   def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x [B, T, D] -> k [B, T, K, H], v [B, T, K, V]."""
-    k = jnp.einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
-    v = jnp.einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
+    k = dense.token_einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
+    v = dense.token_einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
     return k, v
 
   def local(self, q: jax.Array, k: jax.Array, v: jax.Array, mask) -> jax.Array:
@@ -200,10 +201,10 @@ class InfiniAttention(nnx.Module):
   def __call__(self, x: jax.Array, state, mask: jax.Array | None = None):
     """x [B, T, D] one segment, state the layer's memory, mask [B, T] -> (y [B, T, D], state)."""
     x = x.astype(self.dtype)
-    q = jnp.einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
+    q = dense.token_einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
     k, v = self.project_kv(x)
     out, state = self.segment_memory(self, x, q, k, v, state, mask)  # [B, T, N, V] float32
-    y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
+    y = dense.token_einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
     return y, state
 
   # --- Decoding: one segment's tokens a few at a time, through a key/value cache. ---
@@ -224,7 +225,7 @@ class InfiniAttention(nnx.Module):
     """
     self._check_decodable()
     x = x.astype(self.dtype)
-    q = jnp.einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
+    q = dense.token_einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
     k, v = self.project_kv(x)
     cache = KVCache(k=write_cache(cache.k, k, pos), v=write_cache(cache.v, v, pos))
     q_pos = pos + jnp.arange(x.shape[1])  # [C] positions inside the segment
@@ -236,7 +237,7 @@ class InfiniAttention(nnx.Module):
       a_mem = memlib.retrieve(state, self.memory_qk(q, None)[0],
                               self.segment_memory.rule)  # [B, C, N, V]
       out = self.mix(a_mem, out, q)
-    y = jnp.einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
+    y = dense.token_einsum("BTNV,NVD->BTD", out.astype(self.dtype), self.wo[...].astype(self.dtype))
     return y, cache
 
   def flush(self, state, cache: KVCache):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from infini_jax import dense
 from infini_jax import sharding as sh
 from infini_jax import memories
 from infini_jax import rope as ropelib
@@ -199,9 +200,9 @@ class MLP(nnx.Module):
     self.w_down = param(rngs, (mlp_dim, d_model), (sh.MLP, sh.EMBED), 0, 1, param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate = jnp.einsum("BTD,DF->BTF", x, self.w_gate[...].astype(self.dtype))
-    up = jnp.einsum("BTD,DF->BTF", x, self.w_up[...].astype(self.dtype))
-    return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down[...].astype(self.dtype))
+    gate = dense.token_einsum("BTD,DF->BTF", x, self.w_gate[...].astype(self.dtype))
+    up = dense.token_einsum("BTD,DF->BTF", x, self.w_up[...].astype(self.dtype))
+    return dense.token_einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down[...].astype(self.dtype))
 
 
 class Block(nnx.Module):
@@ -288,9 +289,9 @@ class InfiniTransformer(nnx.Module):
     """Final hidden states [B, T, D] -> float32 logits [B, T, W]."""
     h = self.final_norm(h)
     if self.cfg.tie_embeddings:
-      out = jnp.einsum("BTD,WD->BTW", h, self.embed[...].astype(self.dtype))
+      out = dense.token_einsum("BTD,WD->BTW", h, self.embed[...].astype(self.dtype))
     else:
-      out = jnp.einsum("BTD,DW->BTW", h, self.unembed[...].astype(self.dtype))
+      out = dense.token_einsum("BTD,DW->BTW", h, self.unembed[...].astype(self.dtype))
     return out.astype(jnp.float32)
 
   def segment(self, tokens: jax.Array, state: tuple, mask: jax.Array):

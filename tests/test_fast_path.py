@@ -1,4 +1,5 @@
-"""model.attention_impl: the blocked causal attention and jax.nn.dot_product_attention agree.
+"""The fast paths agree with the plain ones: model.attention_impl (the blocked causal attention
+and jax.nn.dot_product_attention), and the projections on one token axis (dense.token_einsum).
 
 On CPU the "xla" implementation is XLA's path (cuDNN needs a GPU); float32, forward and
 gradients, grouped query heads, padded keys. Rows of padded queries are excluded: the two paths
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from infini_jax import dense
 from infini_jax.attention import local_attention
 from infini_jax.model import InfiniTransformer, ModelConfig
 
@@ -84,3 +86,25 @@ def test_cudnn_is_chosen_only_on_gpu_in_16_bits():
   q = jnp.zeros((1, 8, 4, 64), jnp.bfloat16)
   assert uses_cudnn(q) == (jax.default_backend() == "gpu")
   assert not uses_cudnn(q.astype(jnp.float32))
+
+
+@pytest.mark.parametrize("spec, w_shape", [("BTD,DNH->BTNH", (6, 4, 3)),
+                                           ("BTNV,NVD->BTD", (4, 3, 6)),
+                                           ("BTD,WD->BTW", (7, 6))])
+def test_token_einsum_matches_einsum_with_gradients(spec, w_shape):
+  x_shape = (2, 5) + {"BTD": (6,), "BTNV": (4, 3)}[spec.split(",")[0]]
+  kx, kw = jax.random.split(jax.random.key(3))
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  fast = jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(dense.token_einsum(spec, x, w))), (0, 1))
+  plain = jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(jnp.einsum(spec, x, w))), (0, 1))
+  assert dense.token_einsum(spec, x, w).shape == jnp.einsum(spec, x, w).shape
+  (a, ga), (b, gb) = fast(x, w), plain(x, w)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  for u, v in zip(ga, gb):
+    np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["TBD,DF->TBF", "BTD,BDF->BTF", "BD,DF->BF"])
+def test_token_einsum_refuses_specs_without_leading_token_axes(spec):
+  with pytest.raises(ValueError, match="lead with BT"):
+    dense.token_einsum(spec, jnp.zeros((2, 3, 4)), jnp.zeros((4, 5)))

@@ -1,0 +1,27 @@
+"""Per-token projections: an einsum over [B, T, ...] activations and a weight, on one token axis.
+
+`token_einsum("BTD,DNH->BTNH", x, w)` equals `jnp.einsum` of the same spec, but merges B and T into
+one axis first. Why: the weight's gradient contracts the activations with the output gradient over
+every token. With two token axes (B and T) XLA:CPU lowers that contraction through a transposed
+copy of the activations. With one token axis it is a plain matrix product. On the demo model's
+SwiGLU, forward and backward, that is 1.3-1.6x faster on a 2-core CPU (bench/mfu.py measures the
+whole step). On GPU and TPU the reshape costs nothing. The merge keeps B the major axis, so a batch
+split across devices stays split without communication.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def token_einsum(spec: str, x: jax.Array, w: jax.Array, **kwargs) -> jax.Array:
+  """einsum(spec, x, w) for a spec "BT…,…->BT…" whose x and output lead with B, T and w has none."""
+  ins, out = spec.split("->")
+  lhs, rhs = ins.split(",")
+  if not (lhs.startswith("BT") and out.startswith("BT")) or "B" in rhs or "T" in rhs:
+    raise ValueError(f"token_einsum spec {spec!r}: x and the output must lead with BT, w must not "
+                     "hold B or T; use jnp.einsum for other contractions")
+  B, T = x.shape[:2]
+  y = jnp.einsum(f"B{lhs[2:]},{rhs}->B{out[2:]}", x.reshape((B * T,) + x.shape[2:]), w, **kwargs)
+  return y.reshape((B, T) + y.shape[1:])
