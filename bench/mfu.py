@@ -6,6 +6,9 @@ Workloads:
               (the preset's) and `dots`, attention_impl `blocked` and `xla`
   layer       bench/layer.py's shape: one Infini-attention layer, d_model 512, 8 heads of 64,
               segment 1024, 8192 tokens, forward + backward, remat `full` and `dots`
+  swiglu      the demo's SwiGLU alone on one segment (8 x 128 tokens, d 128, FFN 384), forward
+              + backward, no remat: the three matmuls at the shape the demo step runs them, so
+              the best the demo step could reach with its matmuls at that size
 
 FLOPs (2 per multiply-add, matmuls only, written out in ModelConfig.flops_per_token and
 bench/layer.flops_per_token), per token, forward:
@@ -55,12 +58,22 @@ def layer_step(remat: str):
       layerbench.T, memory=True)
 
 
+def swiglu_step():
+  from infini_jax.model import MLP
+  m = MLP(128, 384, jnp.float32, jnp.float32, nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (8, 128, 128))
+  graphdef, params = nnx.split(m)
+  f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), (0, 1)))
+  return (lambda: f(params, x)), 8 * 128, 3 * 6 * 128 * 384
+
+
 WORKLOADS = {
     "demo, remat full, blocked": lambda: demo_step(),
     "demo, remat dots, blocked": lambda: demo_step(remat="dots"),
     "demo, remat full, xla attention": lambda: demo_step(attention_impl="xla"),
     "layer, remat full": lambda: layer_step("full"),
     "layer, remat dots": lambda: layer_step("dots"),
+    "swiglu, demo segment shape": swiglu_step,
 }
 QUICK = ("demo, remat full, blocked", "layer, remat full")
 
