@@ -75,6 +75,7 @@ def swiglu_step():
 WORKLOADS = {
     "demo, remat full, blocked": lambda: demo_step(),
     "demo, remat dots, blocked": lambda: demo_step(remat="dots"),
+    "demo, remat none, blocked": lambda: demo_step(remat="none"),
     "demo, remat full, xla attention": lambda: demo_step(attention_impl="xla"),
     "layer, remat full": lambda: layer_step("full"),
     "layer, remat dots": lambda: layer_step("dots"),
