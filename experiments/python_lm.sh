@@ -7,8 +7,9 @@
 # defaults: runs/python_lm, 1,500 steps, Infini (linear, as published and with the options of
 # docs/RESULTS.md section 2), local and XL, then XL and the best Infini with token shift, its
 # weights started at 1 and at 0, then the paper's other baselines and Infini's delta rule,
-# Memorizing Transformers with the shift, and the XL/Infini pair on 32- and 16-token segments
-# (about 1,100 CPU-minutes, a seventh of them full attention's);
+# Memorizing Transformers with the shift, the XL/Infini pair on 32- and 16-token segments, and
+# local and Memorizing on 16-token segments (about 1,200 CPU-minutes, a seventh of them full
+# attention's);
 # every memory at 300 steps, for example:
 #   bash experiments/python_lm.sh runs/python_lm_all 300 "infini:linear infini:delta local xl memorizing rmt full"
 set -euo pipefail
@@ -26,7 +27,8 @@ MEMORIES=${3:-infini:linear local xl infini:linear:write_gate infini:linear:deca
   xl::token_shift=8+shift_init=0+segment=32
   infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale+shift_init=0+segment=32
   xl::token_shift=8+shift_init=0+segment=16
-  infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale+shift_init=0+segment=16}
+  infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale+shift_init=0+segment=16
+  local::token_shift=8+shift_init=0+segment=16 memorizing::token_shift=8+shift_init=0+segment=16}
 PY=${PYTHON:-.venv/bin/python}
 for seed in ${SEEDS:-0 1 2}; do
   for m in $MEMORIES; do

@@ -85,7 +85,7 @@ def test_python_lm_arguments_reach_the_model_of_every_memory():
 
 
 def test_python_lm_script_runs_a_valid_config_per_memory(tmp_path):
-  # `make results-lm` spends some 1,100 CPU-minutes on the script's default list: each entry it
+  # `make results-lm` spends some 1,200 CPU-minutes on the script's default list: each entry it
   # turns into config arguments must load and validate before any of that is spent. `echo` in
   # place of Python writes each run's command into its train.log.
   env = dict(os.environ, PYTHON="echo", SEEDS="0")
