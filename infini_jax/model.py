@@ -202,7 +202,8 @@ class MLP(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     gate = dense.token_einsum("BTD,DF->BTF", x, self.w_gate[...].astype(self.dtype))
     up = dense.token_einsum("BTD,DF->BTF", x, self.w_up[...].astype(self.dtype))
-    return dense.token_einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, self.w_down[...].astype(self.dtype))
+    hidden = jax.nn.silu(gate) * up
+    return dense.token_einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(self.dtype))
 
 
 class Block(nnx.Module):
