@@ -101,7 +101,7 @@ def gates(results: dict[str, list[dict]]) -> str:
   """sigmoid(β) per layer of every infini run: quartiles, and heads near 0 / 1."""
   lines = []
   for name, seeds in sorted(results.items()):
-    for i, s in enumerate(seeds):
+    for s in seeds:
       g = {k: v for k, v in s["metrics"].items() if k.startswith("eval/gates/gate/")}
       if not g:
         continue
@@ -109,7 +109,7 @@ def gates(results: dict[str, list[dict]]) -> str:
       for layer in layers:
         vals = np.array([v for k, v in g.items() if k.split("/")[3] == layer])
         q = np.percentile(vals, [0, 50, 100])
-        lines.append(f"| {name} | {i} | {layer} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f} | "
+        lines.append(f"| {name} | {s['seed']} | {layer} | {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f} | "
                      f"{(vals < 0.1).sum()} | {(vals > 0.9).sum()} | {len(vals)} |")
   if not lines:
     return ""

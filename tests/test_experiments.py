@@ -60,6 +60,18 @@ def test_gaps_against_a_reference_pair_runs_by_seed(tmp_path):
     compare.main([runs, "xll"])
 
 
+def test_gate_table_names_each_run_by_its_seed(tmp_path):
+  runs = str(tmp_path)
+  for seed, g in ((3, 0.05), (7, 0.95)):  # seeds need not start at 0 nor follow each other
+    write_run(runs, "infini", seed, {"eval/perplexity/ppl": 4.0, "eval/gates/gate/layer0/head0": g,
+                                     "eval/gates/gate/layer0/head1": 0.5})
+  compare.main([runs])
+  rows = [r for r in open(os.path.join(runs, "compare.md")).read().splitlines()
+          if r.startswith("| infini | ") and "layer0" in r]
+  assert rows == ["| infini | 3 | layer0 | 0.050 / 0.275 / 0.500 | 1 | 0 | 2 |",
+                  "| infini | 7 | layer0 | 0.500 / 0.725 / 0.950 | 0 | 1 | 2 |"]
+
+
 def test_memory_ablation_empties_the_reads_of_the_layers_named(make_model):
   """experiments/memory_ablation.py: with every layer's reads emptied, the last segment no longer
   depends on the first; with one layer's, the other layer's reads still carry it. In the first
