@@ -3,12 +3,13 @@
 Workloads:
   demo        the demo experiment's training step (configs/demo.py: batch 8 x 512 tokens, segment
               128; infini_jax.state.build's jitted step: forward, backward, AdamW), remat `full`
-              (the preset's) and `dots`, attention_impl `blocked` and `xla`
+              (the preset's), `dots` and `none`, attention_impl `blocked` and `xla`
   layer       bench/layer.py's shape: one Infini-attention layer, d_model 512, 8 heads of 64,
               segment 1024, 8192 tokens, forward + backward, remat `full` and `dots`
-  swiglu      the demo's SwiGLU alone on one segment (8 x 128 tokens, d 128, FFN 384), forward
-              + backward, no remat, 20 calls in a row: the three matmuls at the shape the demo
-              step runs them, so the best the demo step could reach with matmuls of that size
+  swiglu      the demo's SwiGLU alone on one segment (8 x 128 tokens, d 128, FFN 384, from the
+              preset), forward + backward, no remat, 20 calls in a row: the three matmuls at the
+              shape the demo step runs them, so the best the demo step could reach with matmuls
+              of that size
 
 FLOPs (2 per multiply-add, matmuls only, written out in ModelConfig.flops_per_token and
 bench/layer.flops_per_token), per token, forward:
@@ -38,13 +39,20 @@ from flax import nnx
 
 from bench import common
 from bench import layer as layerbench
+from configs import models
 from infini_jax.attention import InfiniAttention
+from infini_jax.model import MLP
 
 TARGET = 0.6
 
 
+DEMO_BATCH = 8  # the demo experiment's batch (configs/demo.py), as demo_step trains it
+SWIGLU_CALLS = 20  # one call lasts ~5 ms: timing 20 keeps the peak probe's cold caches and the
+                   # dispatch out of the figure, as they are out of the demo's segment scan
+
+
 def demo_step(**overrides):
-  step = common.TrainStep("demo", 512, batch=8, **overrides).allocate()
+  step = common.TrainStep("demo", 512, batch=DEMO_BATCH, **overrides).allocate()
   return step, step.tokens, 3 * step.model_cfg.flops_per_token()
 
 
@@ -59,17 +67,18 @@ def layer_step(remat: str):
 
 
 def swiglu_step():
-  from infini_jax.model import MLP
-  m = MLP(128, 384, jnp.float32, jnp.float32, nnx.Rngs(0))
-  x = jax.random.normal(jax.random.key(1), (8, 128, 128))
+  cfg = models.PRESETS["demo"]
+  D, F, T = cfg.d_model, cfg.mlp_dim, cfg.segment_len
+  m = MLP(D, F, jnp.float32, jnp.float32, nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (DEMO_BATCH, T, D))
   graphdef, params = nnx.split(m)
   f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(nnx.merge(graphdef, p)(x) ** 2), (0, 1)))
 
-  def run(calls=20):  # one call lasts ~5 ms: time 20, so that the peak probe's cold caches and
-    for _ in range(calls):  # the dispatch do not count, as they do not inside the demo's scan
+  def run():
+    for _ in range(SWIGLU_CALLS):
       out = f(params, x)
     return out
-  return run, 20 * 8 * 128, 3 * 6 * 128 * 384
+  return run, SWIGLU_CALLS * DEMO_BATCH * T, 3 * 6 * D * F  # SwiGLU's 6·D·F, training 3x
 
 
 WORKLOADS = {

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 
-def token_einsum(spec: str, x: jax.Array, w: jax.Array, **kwargs) -> jax.Array:
+def token_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   """einsum(spec, x, w) for a spec "BT…,…->BT…": x and the output lead with B, T; w has neither."""
   ins, out = spec.split("->")
   lhs, rhs = ins.split(",")
@@ -23,5 +23,5 @@ def token_einsum(spec: str, x: jax.Array, w: jax.Array, **kwargs) -> jax.Array:
     raise ValueError(f"token_einsum spec {spec!r}: x and the output must lead with BT, w must not "
                      "hold B or T; use jnp.einsum for other contractions")
   B, T = x.shape[:2]
-  y = jnp.einsum(f"B{lhs[2:]},{rhs}->B{out[2:]}", x.reshape((B * T,) + x.shape[2:]), w, **kwargs)
+  y = jnp.einsum(f"B{lhs[2:]},{rhs}->B{out[2:]}", x.reshape((B * T,) + x.shape[2:]), w)
   return y.reshape((B, T) + y.shape[1:])
