@@ -3,7 +3,7 @@
 Each benchmark runs in its own process (so one's memory never weighs on the next) with
 BENCH_OUT pointing at the output folder (bench/out, or $BENCH_OUT). At the end the headline
 figures are read back from the JSON files and printed, and run_all.json records what ran, how
-long it took and whether it failed. About 20 minutes on 2 idle CPU cores (more when other jobs
+long it took and whether it failed. About 30 minutes on 2 idle CPU cores (more when other jobs
 share them); `--quick` about 10.
 
   python -m bench.run_all                      # everything
@@ -35,6 +35,7 @@ BENCHES = {
     "data": False,
     "scaling": True,
     "malloc": True,
+    "xla_flags": True,
     "gpu_1b": True,
 }
 
@@ -91,6 +92,11 @@ def headlines(out: str) -> list[str]:
       rss = r["tuned"]["peak_rss_bytes"] / r["default"]["peak_rss_bytes"]
       lines.append(f"malloc/{r['workload']}: tuned {r['speedup']:.2f}x wall, {r['cpu_ratio']:.2f}x "
                    f"less CPU, peak RSS {rss:.2f}x")
+  if xf := load("xla_flags"):
+    for r in xf["rows"]:
+      if r["variant"] != "default":
+        lines.append(f"xla_flags/{r['variant']}: {r['workload']}: {r['speedup']:.2f}x default, "
+                     f"MFU {r['mfu']:.1%}")
   if g := load("gpu_1b"):
     mfu = f"{g['mfu']:.1%}" if g.get("mfu") is not None else "n/a"
     lines.append(f"gpu_1b: {g['device_kind']}: {g['tokens_per_s']:,.0f} tokens/s, MFU {mfu}")

@@ -30,3 +30,23 @@ def test_profile_of_a_tiny_training_step():
   rows = profile.table({2: ops}, "kind", top=5)
   assert len(rows) == 5 and rows[0]["ms_batch2"] >= rows[-1]["ms_batch2"]
   assert abs(sum(r["share_batch2"] for r in profile.table({2: ops}, "kind", 10**6)) - 1) < 1e-6
+
+
+def test_xla_flags_speedup_is_against_default_and_mfu_against_the_highest_peak(monkeypatch):
+  from bench import xla_flags
+
+  # Two rounds: each variant keeps its best step; a flag that slows the peak probe (its own
+  # peak 100) must not lift its MFU, which divides by the highest peak any child saw (200).
+  results = iter([
+      [dict(name="demo", tokens_per_s=100.0, peak_flops=200.0, train_flops_per_token=1.0)],
+      [dict(name="demo", tokens_per_s=90.0, peak_flops=100.0, train_flops_per_token=1.0)],
+      [dict(name="demo", tokens_per_s=80.0, peak_flops=150.0, train_flops_per_token=1.0)],
+      [dict(name="demo", tokens_per_s=150.0, peak_flops=100.0, train_flops_per_token=1.0)],
+  ])
+  monkeypatch.setattr(xla_flags, "run_child", lambda variant, rounds: next(results))
+  out = xla_flags.compare(("default", "ynn eltwise"), rounds=2)
+  rows = {r["variant"]: r for r in out["rows"]}
+  assert out["peak_flops"] == 200.0
+  assert rows["default"]["tokens_per_s"] == 100.0 and rows["default"]["speedup"] == 1.0
+  assert rows["ynn eltwise"]["speedup"] == 1.5
+  assert rows["ynn eltwise"]["mfu"] == 150.0 / 200.0
