@@ -37,18 +37,19 @@ VARIANTS = {
     "vector width 512": "--xla_cpu_prefer_vector_width=512",
 }
 QUICK = ("default", "ynn eltwise", "ynn dot+eltwise+reduce")
+CHILD_CALLS = 2  # timed calls of each workload in one process (bench.mfu.measure's rounds)
 
 
-def child(rounds: int) -> list[dict]:
+def child() -> list[dict]:
   from bench import mfu  # imports jax: only here, after XLA_FLAGS is set
-  rows = mfu.measure(mfu.QUICK, rounds)
+  rows = mfu.measure(mfu.QUICK, CHILD_CALLS)
   return [dict(name=r["name"], tokens_per_s=r["tokens_per_s"], peak_flops=r["best_peak_flops"],
                train_flops_per_token=r["train_flops_per_token"]) for r in rows]
 
 
-def run_child(variant: str, rounds: int) -> list[dict]:
+def run_child(variant: str) -> list[dict]:
   flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), VARIANTS[variant]) if f)
-  proc = subprocess.run([sys.executable, "-m", "bench.xla_flags", f"--child={rounds}"],
+  proc = subprocess.run([sys.executable, "-m", "bench.xla_flags", "--child"],
                         env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True,
                         check=False)
   if proc.returncode:
@@ -60,7 +61,7 @@ def compare(variants, rounds: int) -> dict:
   best: dict[str, dict[str, dict]] = {v: {} for v in variants}
   for _ in range(rounds):
     for variant in variants:
-      for r in run_child(variant, rounds=2):
+      for r in run_child(variant):
         kept = best[variant].get(r["name"])
         if kept is None or r["tokens_per_s"] > kept["tokens_per_s"]:
           best[variant][r["name"]] = r
@@ -77,12 +78,12 @@ def compare(variants, rounds: int) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--rounds", type=int, default=2, help="processes per variant")
   parser.add_argument("--quick", action="store_true", help="one round, three variants")
   args = parser.parse_args(argv)
   if args.child:
-    print(json.dumps(child(args.child)))
+    print(json.dumps(child()))
     return
   variants = QUICK if args.quick else tuple(VARIANTS)
   result = compare(variants, 1 if args.quick else args.rounds)

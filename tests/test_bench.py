@@ -43,7 +43,7 @@ def test_xla_flags_speedup_is_against_default_and_mfu_against_the_highest_peak(m
       [dict(name="demo", tokens_per_s=80.0, peak_flops=150.0, train_flops_per_token=1.0)],
       [dict(name="demo", tokens_per_s=150.0, peak_flops=100.0, train_flops_per_token=1.0)],
   ])
-  monkeypatch.setattr(xla_flags, "run_child", lambda variant, rounds: next(results))
+  monkeypatch.setattr(xla_flags, "run_child", lambda variant: next(results))
   out = xla_flags.compare(("default", "ynn eltwise"), rounds=2)
   rows = {r["variant"]: r for r in out["rows"]}
   assert out["peak_flops"] == 200.0
