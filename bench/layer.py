@@ -5,10 +5,13 @@ Shape (the one public implementations report): d_model 512, 8 heads of 64, segme
 with attention through jax.nn.dot_product_attention (attention_impl "xla"), and with XLA's
 float32 matmul peak on this machine, measured right before and after each row's timed runs.
 
-FLOPs per token (forward), the formula peers use, D model dim, N heads, H head dim, T segment:
+FLOPs per token (forward), the layer's matmuls (tests/test_flops.py counts them in its jaxpr), D
+model dim, N heads, H head dim, T segment:
   projections  2·D·3·N·H + 2·N·H·D             q, k, v and o
-  attention    2·T·N·H + 2·T·N·H               q kᵀ and p v over the full T x T square
-  memory       2·N·H·H + 2·N·H + 2·N·H·H + 2·N·H   read (numerator, denominator), write (M, z)
+  attention    2·T·N·H + 2·T·N·H               q kᵀ and p v over the full T x T square, as peers
+                                               count it (the blocked path skips the masked half)
+  memory       2·N·H·H + 2·N·H + 2·N·H·H       read (numerator, denominator), write M (z's
+                                               update is a sum, not a matmul)
 forward+backward = 3 x forward. Rematerialisation's extra forward is not counted (as in MFU).
 
   python -m bench.layer            # writes bench/out/layer.json and layer.png
@@ -29,7 +32,7 @@ D, N, H, T, L, B = 512, 8, 64, 1024, 8192, 1
 def flops_per_token(segment: int, memory: bool) -> float:
   proj = 2 * D * 3 * N * H + 2 * N * H * D
   attn = 4 * segment * N * H
-  mem = (4 * N * H * H + 4 * N * H) if memory else 0
+  mem = (4 * N * H * H + 2 * N * H) if memory else 0
   return proj + attn + mem
 
 

@@ -13,10 +13,11 @@ Workloads:
 
 FLOPs (2 per multiply-add, matmuls only, written out in ModelConfig.flops_per_token and
 bench/layer.flops_per_token), per token, forward:
-  model   L·[2·D·(N·H + 2·K·H) + 2·N·H·D  +  4·T·N·H  +  4·N·H·H + 4·N·H  +  6·D·F] + 2·D·W
-          (projections q, k, v, o; segment attention as the full T x T square; memory read and
-          write; SwiGLU; unembedding)
-  layer   2·D·3·N·H + 2·N·H·D + 4·T·N·H + 4·N·H·H + 4·N·H
+  model   L·[2·D·(N·H + 2·K·H) + 2·N·H·D  +  4·T·N·H  +  2·N·H·H + 2·N·H + 2·K·H·H  +  6·D·F]
+          + 2·D·W  (projections q, k, v, o; segment attention as the full T x T square; memory
+          read and write; SwiGLU; unembedding)
+  layer   2·D·3·N·H + 2·N·H·D + 4·T·N·H + 4·N·H·H + 2·N·H
+tests/test_flops.py holds both to the matmuls the code runs, counted in its jaxpr.
 training = 3 x forward. Rematerialisation's recomputed forward is not counted (MFU, not HFU): with
 remat `full` the hardware runs 4 x forward, so HFU = 4/3 MFU.
 

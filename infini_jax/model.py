@@ -164,17 +164,46 @@ class ModelConfig:
       memories.for_layer(self, i)  # each memory checks its own settings
 
   def flops_per_token(self) -> float:
-    """Forward FLOPs per token: matmuls (2 per multiply-add) with segment attention counted as the
-    full T x T square (as peers count it), the memory read and write, and the unembedding."""
+    """Forward FLOPs per token: the matmuls the model runs (2 per multiply-add), as
+    tests/test_flops.py counts them in its jaxpr, with one convention: segment attention counts
+    its whole T x keys square, as peers count it, where the blocked path skips the masked
+    triangle of segments longer than its query block."""
     D, N, K, H, F, T = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
                         self.mlp_dim, self.segment_len)
-    proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D
-    keys = {"xl": 2 * T, "memorizing": 2 * T, "compressive": self.memory_size + 2 * T,
-            "rmt": T + 2 * self.memory_tokens}.get(self.memory, 2 * T if self.xl_cache else T)
-    attn = 4 * keys * N * H
-    mem = (4 * N * H * H + 4 * N * H) if self.memory == "infini" else 0
+    proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D  # q, k, v, o
     mlp = 6 * D * F
-    return self.num_layers * (proj + attn + mem + mlp) + 2 * D * self.vocab_size
+    # RMT runs the stack on p read and p write tokens beside every segment's T tokens.
+    positions = T + 2 * self.memory_tokens if self.memory == "rmt" else T
+    total = 0.0
+    for i in range(self.num_layers):
+      layer = memories.for_layer(self, i)
+      keys, extra = positions, 0.0
+      if isinstance(layer, memories.XL):
+        keys = 2 * T
+      elif isinstance(layer, memories.Memorizing):  # score the whole store, read the top k
+        extra = 2 * layer.M * N * H + 2 * layer.topk * N * H
+      elif isinstance(layer, memories.Compressive):  # keys and values of its c + T stored states
+        keys, extra = layer.c + 2 * T, 2 * D * 2 * K * H * (layer.c + T) / T
+      elif isinstance(layer, memories.Infini):
+        keys, extra = (T if layer.xl is None else 2 * T), _infini_memory_flops(layer, N, T)
+      total += (proj + 4 * keys * N * H + extra + mlp) * positions / T
+    return total + 2 * D * self.vocab_size
+
+
+def _infini_memory_flops(layer: memories.Infini, N: int, T: int) -> float:
+  """Per token: the compressive memory's read and write (infini_jax/memory.py), its gates."""
+  K, H = layer.K, layer.H
+  if layer.rule == "deltanet":  # read φ(q) M; write: the T x T key Gram, φ(k) M, φ(k)ᵀ U
+    flops = 2 * N * H * H + 2 * T * K * H + 2 * K * H * H + 2 * K * H * H
+  else:  # read σ(q) M and σ(q) z; write σ(k)ᵀ v (z's update is a sum, not a matmul)
+    flops = 2 * N * H * H + 2 * N * H + 2 * K * H * H
+    if layer.rule == "delta":  # the memory's own read of each key before the write
+      flops += 2 * K * H * H + 2 * K * H
+  if layer.write_gated:
+    flops += 2 * K * H
+  if layer.query_gated:
+    flops += 2 * N * H
+  return flops
 
 
 class RMSNorm(nnx.Module):

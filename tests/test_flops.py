@@ -1,0 +1,63 @@
+"""The FLOP formulas behind every MFU figure, held to the matmuls the code runs (bench/flops.py)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from bench import flops as flopslib
+from bench import layer as layerbench
+from configs import models
+from infini_jax.attention import InfiniAttention
+from infini_jax.model import InfiniTransformer
+
+
+def test_matmul_flops_counts_dots_and_multiplies_a_scan_by_its_length():
+  w = jnp.ones((3, 5))
+  x = jnp.ones((7, 3))
+  assert flopslib.matmul_flops(lambda x: jnp.tanh(x @ w), x) == 2 * 7 * 3 * 5
+
+  def scanned(x):
+    step = jax.checkpoint(lambda c, a: (c, jnp.einsum("TD,DF->TF", a, w)))
+    return jax.lax.scan(step, 0.0, jnp.stack([x] * 4))[1]
+
+  assert flopslib.matmul_flops(scanned, x) == 4 * 2 * 7 * 3 * 5
+  # Its gradient: the forward, then two products per matmul (input and weight gradients).
+  grad = jax.grad(lambda w, x: jnp.sum(jnp.einsum("TD,DF->TF", x, w)))
+  assert flopslib.matmul_flops(grad, w, x) == 2 * 7 * 3 * 5 * 2
+
+
+# Grouped heads (tiny: 4 query heads over 2 key/value heads), every memory and each option that
+# adds a matmul. Segments of 64 fit in one attention query block, so the whole square is computed.
+CASES = {
+    "infini": {},
+    "infini delta": dict(rule="delta"),
+    "infini deltanet": dict(rule="deltanet"),
+    "infini gates": dict(write_gate=True, query_gate=True, memory_scale=True, memory_decay=True),
+    "infini xl_cache": dict(xl_cache=True),
+    "local": dict(memory="local"),
+    "xl": dict(memory="xl"),
+    "memorizing": dict(memory="memorizing", memory_size=64, topk=8),
+    "compressive": dict(memory="compressive", memory_size=8),
+    "rmt": dict(memory="rmt", memory_tokens=4),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_model_flops_per_token_is_what_the_model_runs(case):
+  cfg = dataclasses.replace(models.PRESETS["tiny"], **CASES[case])
+  model = InfiniTransformer(cfg, rngs=nnx.Rngs(0))
+  tokens = jax.ShapeDtypeStruct((2, 3 * cfg.segment_len), jnp.int32)
+  counted = flopslib.matmul_flops(lambda t: model.nll(t, t)[0], tokens)
+  assert counted == cfg.flops_per_token() * 2 * 3 * cfg.segment_len
+
+
+def test_layer_bench_flops_per_token_is_what_the_layer_runs():
+  segment = 128  # one query block: the blocked attention computes the whole square
+  layer = InfiniAttention(layerbench.D, layerbench.N, layerbench.N, layerbench.H,
+                          memory="infini", rngs=nnx.Rngs(0))
+  x = jax.ShapeDtypeStruct((1, segment, layerbench.D), jnp.float32)
+  counted = flopslib.matmul_flops(lambda x: layer(x, layer.init_state(1))[0], x)
+  assert counted == layerbench.flops_per_token(segment, memory=True) * segment
