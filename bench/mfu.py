@@ -10,6 +10,9 @@ Workloads:
               preset), forward + backward, no remat, 20 calls in a row: the three matmuls at the
               shape the demo step runs them, so the best the demo step could reach with matmuls
               of that size
+  skeleton    the demo step's matmuls and nothing else (bench/skeleton.py): every product of the
+              model on its shape, in the same segment scan and remat, without norms, softmax,
+              masks, RoPE, features or AdamW: the bound on the demo step's MFU at this shape
 
 FLOPs (2 per multiply-add, matmuls only, written out in ModelConfig.flops_per_token and
 bench/layer.flops_per_token), per token, forward:
@@ -33,6 +36,7 @@ MFU against the highest peak seen during the whole run (conservative). Target: M
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +44,7 @@ from flax import nnx
 
 from bench import common
 from bench import layer as layerbench
+from bench import skeleton
 from configs import models
 from infini_jax.attention import InfiniAttention
 from infini_jax.model import MLP
@@ -47,13 +52,13 @@ from infini_jax.model import MLP
 TARGET = 0.6
 
 
-DEMO_BATCH = 8  # the demo experiment's batch (configs/demo.py), as demo_step trains it
+DEMO_BATCH, DEMO_LEN = 8, 512  # the demo experiment's batch (configs/demo.py)
 SWIGLU_CALLS = 20  # one call lasts ~5 ms: timing 20 keeps the peak probe's cold caches and the
                    # dispatch out of the figure, as they are out of the demo's segment scan
 
 
 def demo_step(**overrides):
-  step = common.TrainStep("demo", 512, batch=DEMO_BATCH, **overrides).allocate()
+  step = common.TrainStep("demo", DEMO_LEN, batch=DEMO_BATCH, **overrides).allocate()
   return step, step.tokens, 3 * step.model_cfg.flops_per_token()
 
 
@@ -65,6 +70,18 @@ def layer_step(remat: str):
   f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1)))
   return (lambda: f(params, x)), layerbench.B * layerbench.L, 3 * layerbench.flops_per_token(
       layerbench.T, memory=True)
+
+
+def skeleton_step(remat: str):
+  cfg = dataclasses.replace(models.PRESETS["demo"], remat=remat)
+  step = skeleton.train_step(cfg)
+  state = {"params": skeleton.init(cfg, jax.random.key(0))}
+  tokens = jax.random.randint(jax.random.key(1), (DEMO_BATCH, DEMO_LEN), 0, cfg.vocab_size)
+
+  def run():
+    state["params"], loss = step(state["params"], tokens)
+    return loss
+  return run, DEMO_BATCH * DEMO_LEN, 3 * cfg.flops_per_token()
 
 
 def swiglu_step():
@@ -90,6 +107,8 @@ WORKLOADS = {
     "layer, remat full": lambda: layer_step("full"),
     "layer, remat dots": lambda: layer_step("dots"),
     "swiglu, demo segment shape": swiglu_step,
+    "demo matmuls alone, remat full": lambda: skeleton_step("full"),
+    "demo matmuls alone, remat none": lambda: skeleton_step("none"),
 }
 QUICK = ("demo, remat full, blocked", "layer, remat full")
 
@@ -114,7 +133,7 @@ def measure(names, rounds: int) -> list[dict]:
 
 def plot(rows: list[dict], path: str) -> None:
   plt = common.pyplot()
-  fig, ax = plt.subplots(figsize=(7, 3.9))
+  fig, ax = plt.subplots(figsize=(7, 1.2 + 0.4 * len(rows)))
   y = range(len(rows))
   ax.barh([i - 0.2 for i in y], [r["mfu"] for r in rows], height=0.4, color="tab:blue",
           label="vs the peak around its best step")

@@ -9,6 +9,7 @@ from flax import nnx
 
 from bench import flops as flopslib
 from bench import layer as layerbench
+from bench import skeleton
 from configs import models
 from infini_jax.attention import InfiniAttention
 from infini_jax.model import InfiniTransformer
@@ -61,3 +62,23 @@ def test_layer_bench_flops_per_token_is_what_the_layer_runs():
   x = jax.ShapeDtypeStruct((1, segment, layerbench.D), jnp.float32)
   counted = flopslib.matmul_flops(lambda x: layer(x, layer.init_state(1))[0], x)
   assert counted == layerbench.flops_per_token(segment, memory=True) * segment
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_the_matmul_skeleton_runs_the_models_matmuls(preset):
+  cfg = models.PRESETS[preset]
+  params = jax.eval_shape(lambda: skeleton.init(cfg, jax.random.key(0)))
+  tokens = jax.ShapeDtypeStruct((2, 3 * cfg.segment_len), jnp.int32)
+  counted = flopslib.matmul_flops(lambda p, t: skeleton.loss_fn(cfg, p, t), params, tokens)
+  assert counted == cfg.flops_per_token() * 2 * 3 * cfg.segment_len
+
+
+def test_the_matmul_skeleton_trains():
+  cfg = models.PRESETS["tiny"]
+  step = skeleton.train_step(cfg)
+  params = skeleton.init(cfg, jax.random.key(0))
+  tokens = jax.random.randint(jax.random.key(1), (2, 2 * cfg.segment_len), 0, cfg.vocab_size)
+  params, first = step(params, tokens)
+  for _ in range(3):
+    params, loss = step(params, tokens)
+  assert jnp.isfinite(loss) and loss < first
