@@ -8,14 +8,23 @@ custom_vjp, cond) and multiplying a scan's body by its length, so the tests can 
 to the code. Elementwise ops are not counted: MFU counts matmuls only.
 
     matmul_flops(lambda x: x @ w, x)   # 2·M·K·N
+
+From the command line, a preset's forward and training step (loss gradient, remat included)
+counted for each batch size, from shapes alone (nothing is allocated, any preset on any machine):
+
+  python -m bench.flops --preset=1b --seq_len=32768 --batches=1,2 --model.dtype=bfloat16
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+from flax import nnx
 from jax.extend import core
 
 
@@ -46,3 +55,54 @@ def _subjaxprs(eqn):
         yield v.jaxpr
       elif isinstance(v, core.Jaxpr):
         yield v
+
+
+def step_flops(cfg, batch: int, seq_len: int) -> dict:
+  """A model's counted matmul FLOPs for tokens [batch, seq_len]: `forward` (the loss), `train`
+  (the loss and its gradient, with the configured remat's recomputation) and `formula`
+  (ModelConfig.flops_per_token for as many tokens)."""
+  from infini_jax.model import InfiniTransformer
+
+  tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+
+  def loss(params, graphdef, t):
+    return nnx.merge(graphdef, params).nll(t, t)[0].mean()
+
+  def forward(t):  # the model is built inside the trace: no parameter is ever allocated
+    graphdef, params = nnx.split(InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+    return loss(params, graphdef, t)
+
+  def train(t):
+    graphdef, params = nnx.split(InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+    return jax.grad(loss)(params, graphdef, t)
+
+  return dict(forward=matmul_flops(forward, tokens), train=matmul_flops(train, tokens),
+              formula=cfg.flops_per_token() * batch * seq_len)
+
+
+def main(argv=None):
+  from configs import models
+
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--preset", default="demo", choices=sorted(models.PRESETS))
+  parser.add_argument("--seq_len", type=int, default=512)
+  parser.add_argument("--batches", default="8", help="comma-separated batch sizes")
+  args, rest = parser.parse_known_args(argv)
+  overrides = {}
+  for arg in rest:  # --model.FIELD=VALUE, typed like the preset's field
+    name, _, value = arg.removeprefix("--model.").partition("=")
+    cfg = models.PRESETS[args.preset]
+    if not arg.startswith("--model.") or not hasattr(cfg, name):
+      parser.error(f"unknown argument {arg!r}; model fields are set as --model.FIELD=VALUE")
+    kind = type(getattr(cfg, name))
+    overrides[name] = value.lower() in ("1", "true") if kind is bool else kind(value)
+  cfg = dataclasses.replace(models.PRESETS[args.preset], **overrides)
+  for batch in (int(b) for b in args.batches.split(",")):
+    f = step_flops(cfg, batch, args.seq_len)
+    print(f"{args.preset} batch {batch} x {args.seq_len}: forward {f['forward'] / 1e9:,.2f} GFLOP "
+          f"(formula {f['formula'] / 1e9:,.2f}), loss and gradient {f['train'] / 1e9:,.2f} GFLOP "
+          f"= {f['train'] / f['forward']:.2f}x forward (remat {cfg.remat})")
+
+
+if __name__ == "__main__":
+  main()

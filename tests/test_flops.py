@@ -82,3 +82,14 @@ def test_the_matmul_skeleton_trains():
   for _ in range(3):
     params, loss = step(params, tokens)
   assert jnp.isfinite(loss) and loss < first
+
+
+def test_training_is_three_forwards_and_full_remat_adds_at_most_one():
+  # MFU's convention (training = 3 x forward, recomputation not counted), held to the code: each
+  # matmul's backward is two of its size (the memory read's normalisation adds a sliver).
+  tiny = models.PRESETS["tiny"]
+  plain = flopslib.step_flops(dataclasses.replace(tiny, remat="none"), 2, 2 * tiny.segment_len)
+  assert plain["forward"] == plain["formula"]
+  assert 3 * plain["forward"] <= plain["train"] < 3.01 * plain["forward"]
+  full = flopslib.step_flops(dataclasses.replace(tiny, remat="full"), 2, 2 * tiny.segment_len)
+  assert 3.9 * full["forward"] < full["train"] <= 4 * full["forward"]
