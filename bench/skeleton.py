@@ -6,10 +6,11 @@ AdamW). This skeleton keeps the first and drops the second. Per layer and segmen
 same products on the same shapes as infini_jax.model (projections on [B·T, D] rows, grouped-head
 attention over the whole T x T square, the memory's read and write, SwiGLU's three matmuls), then
 the unembedding, in the same segment scan under the same rematerialisation, trained with plain
-SGD. What is left between the matmuls: the residual adds, SwiGLU's product, scalar scales, the
-head transposes XLA inserts. Its matmul FLOPs equal ModelConfig.flops_per_token
-(tests/test_flops.py), so its MFU bounds the real step's from above: a target above it needs
-other matmul shapes or another matmul library, not less overhead around them.
+SGD. What is left around the matmuls: the embedding gather, the residual adds, SwiGLU's
+product, scalar scales, the head transposes XLA inserts. Its matmul FLOPs equal
+ModelConfig.flops_per_token (tests/test_flops.py), so its MFU is what the real step would reach
+if all but its matmuls cost nothing (up to the layouts XLA picks): a target above it needs other
+matmul shapes or another matmul library, not less overhead around them.
 
 Axis legend as in the model: B batch, T segment (queries), S segment (keys), D model dim, N query
 heads, K key/value heads, G query heads per key/value head, H head dim (also the value dim),
