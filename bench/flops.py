@@ -12,7 +12,7 @@ to the code. Elementwise ops are not counted: MFU counts matmuls only.
 From the command line, a preset's forward and training step (loss gradient, remat included)
 counted for each batch size, from shapes alone (nothing is allocated, any preset on any machine):
 
-  python -m bench.flops --preset=1b --seq_len=32768 --batches=1,2 --model.dtype=bfloat16
+  python -m bench.flops --preset=1b --seq_len=32768 --batches=1,2 --dtype=bfloat16
 """
 
 from __future__ import annotations
@@ -63,20 +63,16 @@ def step_flops(cfg, batch: int, seq_len: int) -> dict:
   (ModelConfig.flops_per_token for as many tokens)."""
   from infini_jax.model import InfiniTransformer
 
-  tokens = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
-
   def loss(params, graphdef, t):
     return nnx.merge(graphdef, params).nll(t, t)[0].mean()
 
-  def forward(t):  # the model is built inside the trace: no parameter is ever allocated
-    graphdef, params = nnx.split(InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
-    return loss(params, graphdef, t)
+  def counted(fn):  # the model is built inside the trace: no parameter is ever allocated
+    def traced(t):
+      graphdef, params = nnx.split(InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+      return fn(params, graphdef, t)
+    return matmul_flops(traced, jax.ShapeDtypeStruct((batch, seq_len), jnp.int32))
 
-  def train(t):
-    graphdef, params = nnx.split(InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
-    return jax.grad(loss)(params, graphdef, t)
-
-  return dict(forward=matmul_flops(forward, tokens), train=matmul_flops(train, tokens),
+  return dict(forward=counted(loss), train=counted(jax.grad(loss)),
               formula=cfg.flops_per_token() * batch * seq_len)
 
 
@@ -87,15 +83,12 @@ def main(argv=None):
   parser.add_argument("--preset", default="demo", choices=sorted(models.PRESETS))
   parser.add_argument("--seq_len", type=int, default=512)
   parser.add_argument("--batches", default="8", help="comma-separated batch sizes")
-  args, rest = parser.parse_known_args(argv)
-  overrides = {}
-  for arg in rest:  # --model.FIELD=VALUE, typed like the preset's field
-    name, _, value = arg.removeprefix("--model.").partition("=")
-    cfg = models.PRESETS[args.preset]
-    if not arg.startswith("--model.") or not hasattr(cfg, name):
-      parser.error(f"unknown argument {arg!r}; model fields are set as --model.FIELD=VALUE")
-    kind = type(getattr(cfg, name))
-    overrides[name] = value.lower() in ("1", "true") if kind is bool else kind(value)
+  parser.add_argument("--attention_impl", choices=("blocked", "xla"))
+  parser.add_argument("--remat", choices=("full", "dots", "none"))
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"))
+  args = parser.parse_args(argv)
+  overrides = {k: getattr(args, k) for k in ("attention_impl", "remat", "dtype")
+               if getattr(args, k) is not None}
   cfg = dataclasses.replace(models.PRESETS[args.preset], **overrides)
   for batch in (int(b) for b in args.batches.split(",")):
     f = step_flops(cfg, batch, args.seq_len)
