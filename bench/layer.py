@@ -24,7 +24,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bench import common
-from infini_jax.attention import InfiniAttention
+from infini_jax import memories
+from infini_jax.attention import Attention
 
 D, N, H, T, L, B = 512, 8, 64, 1024, 8192, 1
 
@@ -44,7 +45,13 @@ REMAT = {
 }
 
 
-def scanned(layer: InfiniAttention, segment: int, remat: str):
+def make_layer(memory: str = "infini", attention_impl: str = "blocked") -> Attention:
+  """The benchmark's layer: the paper's Infini memory, or local attention alone."""
+  segment_memory = memories.paper(N, N, H) if memory == "infini" else memories.Local(N, H)
+  return Attention(D, N, N, H, segment_memory, attention_impl=attention_impl, rngs=nnx.Rngs(0))
+
+
+def scanned(layer: Attention, segment: int, remat: str):
   """x [B, L, D] -> y [B, L, D], the layer scanned over segments with its memory as the carry."""
   graphdef, params = nnx.split(layer)
 
@@ -65,8 +72,7 @@ def scanned(layer: InfiniAttention, segment: int, remat: str):
 
 def measure(name: str, memory: str, segment: int, remat: str, attention_impl: str = "blocked"
             ) -> dict:
-  layer = InfiniAttention(D, N, N, H, memory=memory, attention_impl=attention_impl,
-                          rngs=nnx.Rngs(0))
+  layer = make_layer(memory, attention_impl)
   params, run = scanned(layer, segment, remat)
   x = jax.random.normal(jax.random.key(1), (B, L, D))
   fwd = jax.jit(run)

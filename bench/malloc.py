@@ -44,11 +44,10 @@ def child(workload: str, steps: int) -> dict:
     from flax import nnx
 
     from bench import layer
-    from infini_jax.attention import InfiniAttention
 
     memory, segment, remat = (("infini", layer.T, "full") if workload == "layer" else
                               ("local", layer.L, "none"))
-    m = InfiniAttention(layer.D, layer.N, layer.N, layer.H, memory=memory, rngs=nnx.Rngs(0))
+    m = layer.make_layer(memory)
     params, run = layer.scanned(m, segment, remat)
     x = jax.random.normal(jax.random.key(1), (layer.B, layer.L, layer.D))
     f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1)))

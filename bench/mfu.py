@@ -46,7 +46,6 @@ from bench import common
 from bench import layer as layerbench
 from bench import skeleton
 from configs import models
-from infini_jax.attention import InfiniAttention
 from infini_jax.model import MLP
 
 TARGET = 0.6
@@ -63,8 +62,7 @@ def demo_step(**overrides):
 
 
 def layer_step(remat: str):
-  m = InfiniAttention(layerbench.D, layerbench.N, layerbench.N, layerbench.H, memory="infini",
-                      rngs=nnx.Rngs(0))
+  m = layerbench.make_layer("infini")
   params, run = layerbench.scanned(m, layerbench.T, remat)
   x = jax.random.normal(jax.random.key(1), (layerbench.B, layerbench.L, layerbench.D))
   f = jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(run(p, x) ** 2), argnums=(0, 1)))

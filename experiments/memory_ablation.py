@@ -15,33 +15,40 @@ the trained model leans on what the layer's memory holds, not what a model train
 memory reaches (the `local` and `xl` runs say that).
 """
 
-import dataclasses
 import sys
 import time
 
+import jax
 import jax.numpy as jnp
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from infini_jax import evaluate, memories, report
+from infini_jax import evaluate, report
+from infini_jax.memories.common import Gate
 
 
-class EmptyReads(memories.Infini):
-  """Infini whose memory reads return 0, what an empty memory returns; the writes go on."""
+class EmptyReads(Gate):
+  """The Infini memory's gate, whose read is multiplied by `on` (1 as trained, 0 emptied), one
+  flag per layer of the stack: a read of 0 is what an empty memory returns; the writes go on."""
 
-  def _mix(self, layer, local, q, k, v, state, mask):
-    _, state = super()._mix(layer, local, q, k, v, state, mask)
-    return layer.mix(jnp.zeros_like(local), local, q), state
+  def __init__(self, gate: Gate, on: jax.Array):
+    self.beta, self.additive, self.inner = gate.beta, gate.additive, gate
+    self.on = nnx.Variable(on)
+
+  def logit(self, q):
+    return self.inner.logit(q)
+
+  def __call__(self, a_mem, a_dot, q):
+    return self.inner(a_mem * self.on[...], a_dot, q)
 
 
 def empty_reads(model: nnx.Module, layers) -> None:
-  """Makes the memory reads of `layers` return 0, in place."""
-  for i in layers:
-    attn = model.blocks[i].attn
-    memory = attn.segment_memory
-    attn.segment_memory = EmptyReads(**{f.name: getattr(memory, f.name)
-                                        for f in dataclasses.fields(memory)})
+  """Makes the memory reads of `layers` return 0, in place (again: replaces the last setting)."""
+  memory = model.stages[0].blocks.attn.memory  # memory=infini: one stage of stacked layers
+  gate = memory.gate.inner if isinstance(memory.gate, EmptyReads) else memory.gate
+  on = jnp.ones((model.cfg.num_layers,), jnp.float32).at[jnp.asarray(layers, int)].set(0.0)
+  memory.gate = EmptyReads(gate, on)
 
 
 def main(argv):
@@ -63,11 +70,8 @@ def main(argv):
   settings = [("as trained", ())] + [(f"layer {i} emptied", (i,)) for i in layers]
   settings += [("every layer emptied", tuple(layers))] if len(layers) > 1 else []
   model, step = report.load_model(config, _WORKDIR.value)  # read once; only the reads change
-  as_trained = [block.attn.segment_memory for block in model.blocks]
   rows = None
   for label, off in settings:
-    for block, memory in zip(model.blocks, as_trained):
-      block.attn.segment_memory = memory
     empty_reads(model, off)
     start = time.perf_counter()
     metrics = dict(evaluators[name].run(model))

@@ -10,12 +10,13 @@ Runs the model segment by segment outside jit, so that each layer's strengths ca
 
 import sys
 
+import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from infini_jax import report
-from infini_jax.attention import InfiniAttention
+from infini_jax.memories.options import WriteGate
 from infini_jax.data import passkey, tokenizer as toklib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:args].",
@@ -42,14 +43,14 @@ def main(argv):
   masks = {k: np.concatenate([[False], m]) for k, m in parts.items()}  # BOS is in no part
 
   recorded = []  # one [T, K] array per layer call, in call order
-  original = InfiniAttention.write_strength
+  original = WriteGate.weigh
 
-  def record(self, k):
-    out = original(self, k)
-    recorded.append(np.asarray(out)[0])
+  def record(self, k, w):  # the layers run in a scan: the strengths leave it through a callback
+    out = original(self, k, w)
+    jax.debug.callback(lambda a: recorded.append(np.asarray(a)[0]), out, ordered=True)
     return out
 
-  InfiniAttention.write_strength = record
+  WriteGate.weigh = record
   T, L = model.cfg.segment_len, model.cfg.num_layers
   state = model.init_state(1)
   for s in range(0, len(ids), T):

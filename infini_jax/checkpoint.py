@@ -78,12 +78,6 @@ class Checkpointer:
     self.manager.close()
 
 
-# Parameters of a segment memory rather than of the language model under it. A source without
-# them (a converted LLM, a memory="local" run) cannot supply them: they keep the new run's initial
-# values.
-MEMORY_PARAMS = ("gate", "memory_init")
-
-
 def checkpoints_dir(path: str) -> str:
   """The orbax checkpoints directory `path` names: itself, or WORKDIR/checkpoints of a workdir."""
   if "://" not in path:
@@ -92,15 +86,16 @@ def checkpoints_dir(path: str) -> str:
   return os.fspath(inner if inner.is_dir() else epath.Path(path))
 
 
-def restore_init_params(path: str, fresh_params: Any) -> tuple[Any, str]:
+def restore_init_params(path: str, fresh_params: Any, memory_params: set[str]) -> tuple[Any, str]:
   """The parameters a fresh run starts from when config.init_from=path (continual pre-training).
 
   path: the output of `python -m infini_jax.convert`, or another run's WORKDIR/checkpoints (or its
   workdir); its latest step is read, parameters only. fresh_params: the new run's initialised
   parameters (a pure dict of arrays on the mesh); they are the restore targets (shapes, dtypes and
-  shardings: the source lands directly where this run keeps it) and they supply the MEMORY_PARAMS
-  that the source lacks. Any other difference in names or shapes is a ValueError, before anything
-  is read. Returns (params, a one-line note of what happened, for the log).
+  shardings: the source lands directly where this run keeps it) and they supply the memory's
+  parameters that the source lacks: `memory_params`, the names ("stages/0/blocks/attn/memory/
+  gate/beta") of the model's `MemoryParam`s (TrainSetup.memory_params). Any other difference in
+  names or shapes is a ValueError, before anything is read. Returns (params, a one-line note of what happened, for the log).
   """
   directory = checkpoints_dir(path)
   # Reads only (read_only=True would say so in a warning on every run).
@@ -114,7 +109,7 @@ def restore_init_params(path: str, fresh_params: Any) -> tuple[Any, str]:
     stored = ocp.PyTreeCheckpointHandler().metadata(
         epath.Path(directory) / str(step) / "state").tree["params"]
     have, want = _flat(stored), _flat(fresh_params)
-    fill = sorted(n for n in set(want) - set(have) if _is_memory_param(n))
+    fill = sorted(n for n in set(want) - set(have) if n in memory_params)
     drop = sorted(n for n in set(have) - set(want) if _is_memory_param(n))
     _check_shapes(_without(stored, drop), _without(fresh_params, fill),
                   f"init_from={path} (step {step})")
@@ -127,10 +122,10 @@ def restore_init_params(path: str, fresh_params: Any) -> tuple[Any, str]:
   finally:
     manager.close()
   note = f"initialised the parameters from the checkpoint of step {step} in {directory}"
-  gates = [n for n in fill if n.endswith("/gate")]
+  gates = [n for n in fill if n.endswith("/gate/beta")]
   if gates:
     beta = _first_value(fresh_params, gates[0])
-    note += (f"; it has no gates: {len(gates)} layers start at this run's model.gate_init "
+    note += (f"; it has no gates: {sum(want[n][0] for n in gates)} layers start at this run's model.gate_init "
              f"β={beta:g} (sigmoid {1 / (1 + np.exp(-beta)):.3g})")
   if len(fill) > len(gates):
     note += f"; fresh {', '.join(n for n in fill if n not in gates)}"
@@ -140,7 +135,9 @@ def restore_init_params(path: str, fresh_params: Any) -> tuple[Any, str]:
 
 
 def _is_memory_param(name: str) -> bool:
-  return name.rsplit("/", 1)[-1] in MEMORY_PARAMS
+  """Whether a source's parameter belongs to a memory: they all live under attn/memory or in
+  the model-level parts (infini_jax/memories)."""
+  return "/memory/" in name or name.startswith("parts/")
 
 
 def _name(path) -> str:

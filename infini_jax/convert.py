@@ -62,7 +62,9 @@ from safetensors import safe_open
 from configs import models
 from infini_jax import config as configlib
 from infini_jax import memories
-from infini_jax.checkpoint import MEMORY_PARAMS, Checkpointer
+from infini_jax.checkpoint import Checkpointer
+from infini_jax import migrate
+from infini_jax.memories.common import MemoryParam
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
@@ -262,25 +264,26 @@ def convert(hf_dir: str, out_dir: str, cfg: ModelConfig) -> str:
   check_config(read_hf_config(hf_dir), cfg, hf_dir)
   if os.path.isdir(os.path.join(out_dir, "checkpoints")):
     raise ValueError(f"{out_dir} already holds checkpoints; convert into a new --out")
-  abstract = nnx.to_pure_dict(nnx.state(nnx.eval_shape(
-      lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))))
-  tensors = load_tensors(hf_dir, cfg)
+  abstract = nnx.eval_shape(lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+  memory_params = {path for path, _ in nnx.to_flat_state(nnx.state(abstract, MemoryParam))}
+  tensors = load_tensors(hf_dir, cfg)  # per layer: ("blocks", i, ...)
   params: dict = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    key = tuple(getattr(k, "key", k) for k in path)
-    if key in tensors:
-      value = tensors.pop(key)
-    elif key[-1] == "gate":
+  for path, leaf in migrate.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items():
+    sources = migrate.old_name(path, cfg)
+    if all(source in tensors for source in sources):
+      arrays = [tensors.pop(source) for source in sources]
+      value = np.stack(arrays) if path[0] == "stages" else arrays[0]
+    elif path[-2:] == ("gate", "beta"):
       value = np.full(leaf.shape, cfg.gate_init, leaf.dtype)
-    elif key[-1] in MEMORY_PARAMS:
-      continue  # e.g. RMT's memory tokens: nothing pretrained; init_from starts them fresh
+    elif path in memory_params:
+      continue  # nothing pretrained (the options, RMT's memory tokens): init_from starts them fresh
     else:
-      raise ValueError(f"the converter has no source for parameter {'/'.join(map(str, key))}")
-    assert value.shape == leaf.shape and value.dtype == leaf.dtype, (key, value.shape, leaf)
+      raise ValueError(f"the converter has no source for parameter {'/'.join(map(str, path))}")
+    assert value.shape == leaf.shape and value.dtype == leaf.dtype, (path, value.shape, leaf)
     node = params
-    for k in key[:-1]:
+    for k in path[:-1]:
       node = node.setdefault(k, {})
-    node[key[-1]] = value
+    node[path[-1]] = value
   assert not tensors, f"tensors without a parameter: {sorted(tensors)}"
   ckpt = Checkpointer(out_dir, keep=1)
   try:
@@ -331,7 +334,7 @@ def main(argv):
     directory = convert(_FROM_HF.value, _OUT.value, cfg)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"convert: error: {e}")
-  gated = any(memories.for_layer(cfg, i).gated for i in range(cfg.num_layers))
+  gated = cfg.memory in ("infini", "memorizing")
   gates = f", gates β={cfg.gate_init:g} (sigmoid {1 / (1 + math.exp(-cfg.gate_init)):.3g})"
   print(f"wrote {directory}/0: {_FROM_HF.value} as model {name} ({cfg.param_dtype}, memory="
         f"{cfg.memory}{gates if gated else ''}); train from it with "

@@ -40,7 +40,8 @@ def estimate(config, model_cfg: ModelConfig, device_count: int) -> dict[str, flo
   _, variables = nnx.split(abstract)
   param_sh = sh.param_shardings(variables, mesh, rules)
   params = nnx.to_pure_dict(variables)
-  tx, _ = make_optimizer(config.optimizer, config.train.steps)
+  from infini_jax.optim import param_labels  # noqa: PLC0415
+  tx, _ = make_optimizer(config.optimizer, config.train.steps, param_labels(abstract))
   opt = jax.eval_shape(tx.init, params)
   from infini_jax.state import opt_state_shardings  # noqa: PLC0415 (avoids an import cycle)
   opt_sh = opt_state_shardings(opt, params, param_sh, mesh)

@@ -279,9 +279,9 @@ class Gates:
     self.low, self.high = low, high
 
   def run(self, model: nnx.Module) -> Iterator[tuple[str, float]]:
-    if model.cfg.memory != "infini":
+    g = np.asarray(model.gates())  # [gated layers, heads]: the model's `Gate`s
+    if not g.size:
       return
-    g = np.asarray(model.gates())  # [layers, heads]
     yield "gate_mean", float(g.mean())
     yield "heads_local", float((g < self.low).sum())
     yield "heads_memory", float((g > self.high).sum())
@@ -289,9 +289,8 @@ class Gates:
     for layer, row in enumerate(g):
       for head, value in enumerate(row):
         yield f"gate/layer{layer}/head{head}", float(value)
-    for layer, block in enumerate(model.blocks):
-      decay = block.attn.decay()
-      for head, value in enumerate([] if decay is None else np.asarray(decay)):
+    for layer, row in enumerate(np.asarray(model.decays())):
+      for head, value in enumerate(row):
         yield f"decay/layer{layer}/head{head}", float(value)
 
 

@@ -5,49 +5,56 @@ F feed-forward dim, W vocabulary size.
 
 Data flow: tokens [B, L] -> padded to S·T and cut into segments -> `jax.lax.scan` over segments
 (segment-major: each step runs the whole stack on one segment, so the state of every layer is the
-scan's carry) -> one output per segment. The readout (logits, or the loss) is computed inside the
-scan, so a long input never materialises [B, L, W] logits. Each segment step is rematerialised with
-the configured policy: back-propagation through time keeps only the carries between segments.
+scan's carry) -> one output per segment. Inside a segment the layers are a scan over parameters
+stacked on a leading layer axis (runs of identical layers: `Stage`), each layer rematerialised
+with the configured policy, so that back-propagation holds one layer's working set plus the
+layers' inputs, and compiling does not grow with depth. The readout (logits, or the loss, in
+chunks of tokens) is computed inside the segment scan, so no [B, L, W] logits exist.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax import dense
-from infini_jax import sharding as sh
 from infini_jax import memories
 from infini_jax import rope as ropelib
-from infini_jax.attention import InfiniAttention, param, write_cache
+from infini_jax import sharding as sh
+from infini_jax.attention import Attention, param
 from infini_jax.local_attention import IMPLEMENTATIONS
-from infini_jax.memories import MEMORIES
-from infini_jax.memories.infini import InfiniXLState
-from infini_jax.memory import RULES, CompressiveMemory
+from infini_jax.memories import MEMORIES, RULES
+from infini_jax.memories.common import Gate, keep_if_empty
+from infini_jax.memories.options import Decay
+from infini_jax.memories.rmt import RMT, TokenShift
 
 REMAT_POLICIES: dict[str, Any] = {
-    "none": None,  # no rematerialisation: fastest, memory grows with the number of segments
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep only the carries between segments
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep matmul outputs
+    "none": None,  # no rematerialisation: fastest, memory grows with layers and segments
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep each layer's input only
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # and its matmul outputs
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = tuple(IMPLEMENTATIONS)
 ACTIVATION = (sh.BATCH, sh.LENGTH, None)  # block boundaries: split over the batch only
+LOSS_CHUNK = 512  # tokens per chunk of the loss: no [T, W] float32 logits for a whole segment
 
 
-def constrain_state(layer_state):
+def constrain_state(state):
   """Memory states live with their batch rows; the compressive memory [B, K, H, V] also with its
   key/value heads."""
-  if isinstance(layer_state, InfiniXLState):  # model.xl_cache: each part as it is alone
-    return InfiniXLState(*map(constrain_state, layer_state))
-  heads = (sh.KV_HEADS,) if isinstance(layer_state, CompressiveMemory) else (None,)
-  return jax.tree.map(lambda a: sh.constrain(a, (sh.BATCH,) + heads[:a.ndim - 1] +
-                                             (None,) * (a.ndim - 2)), layer_state)
+  CM = memories.infini.CompressiveMemory
+
+  def one(x):
+    if isinstance(x, CM):
+      return CM(*(sh.constrain(a, (sh.BATCH, sh.KV_HEADS) + (None,) * (a.ndim - 2)) for a in x))
+    return sh.constrain(x, (sh.BATCH,) + (None,) * (x.ndim - 1))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, CM))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +83,7 @@ class ModelConfig:
   tie_embeddings: bool = False
   dtype: str = "float32"  # compute dtype; memory math, softmax, gate and loss stay float32
   param_dtype: str = "float32"
-  remat: str = "full"
+  remat: str = "full"  # per layer, inside the segment scan (REMAT_POLICIES)
   # Causal attention inside a segment (infini_jax/local_attention.py): "blocked" (query blocks
   # over their key prefix; fastest on CPU) or "xla" (jax.nn.dot_product_attention: cuDNN flash
   # attention on GPU in bfloat16/float16, XLA's path elsewhere).
@@ -96,17 +103,10 @@ class ModelConfig:
   # token_shift_init: where those weights start. 1 gives the first layer a bag of the last S + 1
   # tokens, in which the current one is not yet told apart; 0 starts as the model without the
   # shift and lets the gradient bring the previous tokens in (docs/RESULTS.md measures both).
-  # memory_scale: a learned per-head scale on q and k before σ (InfiniAttention.memory_qk).
-  # write_gate: a learned per-token strength of each memory write (InfiniAttention.write_strength),
-  # so that tokens worth nothing later (filler) need not pile up in M and z.
-  # memory_decay: a learned per-head decay of the memory before each segment's write
-  # (InfiniAttention.decay), so that the read weighs recent segments more than old ones.
-  # xl_cache: Infini's local attention also sees the previous segment's keys and values, as
-  # Transformer-XL's does: exact recent context beside the compressive memory of everything.
-  # query_gate: the gate becomes sigmoid(β + q·w) per token and head (InfiniAttention.mix), so
-  # that a head can read the memory for some tokens and its local context for others.
-  # memory_add: the gated memory read is added to the local output, g·A_mem + A_dot, instead of
-  # mixed with it (InfiniAttention.mix), so that a head keeps its whole local output.
+  # The Infini memory's options (infini_jax/memories/options.py, each explained there):
+  # memory_scale (MemoryScale), write_gate (WriteGate), memory_decay (Decay), query_gate
+  # (QueryGate), memory_add (Gate's additive mix), xl_cache (the context is Transformer-XL's:
+  # the segment and the one before), rule=deltanet (DeltaNet).
   token_shift: int = 0
   token_shift_init: float = 1.0
   memory_scale: bool = False
@@ -131,8 +131,7 @@ class ModelConfig:
                        f"{ATTENTION_IMPLS}")
     if self.memory not in MEMORIES:
       raise ValueError(f"unknown model.memory {self.memory!r}; use one of {MEMORIES}")
-    if self.rule not in RULES:
-      raise ValueError(f"unknown model.rule {self.rule!r}; use one of {RULES}")
+    memories.check(self)
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
                        f"model.num_kv_heads={self.num_kv_heads}")
@@ -156,13 +155,6 @@ class ModelConfig:
     if self.memory_scale and self.rule == "deltanet":
       raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "
                        "are unit length whatever the scale: turn one of them off")
-    if self.memory == "rmt" and self.memory_tokens < 1:
-      raise ValueError("memory=rmt needs model.memory_tokens >= 1 (the paper's RMT uses 100s)")
-    if self.memory == "memorizing" and not 0 <= memories.knn_layer(self) < self.num_layers:
-      raise ValueError(f"model.knn_layer={self.knn_layer} is not a layer of {self.num_layers}")
-    for i in range(self.num_layers):
-      memories.for_layer(self, i)  # each memory checks its own settings
-
   def flops_per_token(self) -> float:
     """Forward FLOPs per token: the matmuls the model runs (2 per multiply-add), as
     tests/test_flops.py counts them in its jaxpr, with one convention: segment attention counts
@@ -171,39 +163,14 @@ class ModelConfig:
     D, N, K, H, F, T = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
                         self.mlp_dim, self.segment_len)
     proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D  # q, k, v, o
-    mlp = 6 * D * F
     # RMT runs the stack on p read and p write tokens beside every segment's T tokens.
     positions = T + 2 * self.memory_tokens if self.memory == "rmt" else T
     total = 0.0
-    for i in range(self.num_layers):
-      layer = memories.for_layer(self, i)
-      keys, extra = positions, 0.0
-      if isinstance(layer, memories.XL):
-        keys = 2 * T
-      elif isinstance(layer, memories.Memorizing):  # score the whole store, read the top k
-        extra = 2 * layer.M * N * H + 2 * layer.topk * N * H
-      elif isinstance(layer, memories.Compressive):  # keys and values of its c + T stored states
-        keys, extra = layer.c + 2 * T, 2 * D * 2 * K * H * (layer.c + T) / T
-      elif isinstance(layer, memories.Infini):
-        keys, extra = (T if layer.xl is None else 2 * T), _infini_memory_flops(layer, N, T)
-      total += (proj + 4 * keys * N * H + extra + mlp) * positions / T
+    for first, count in stages(self):
+      keys, extra = memories.build(self, first).flops(N, T)  # a memory holds no large arrays
+      keys = positions if keys == T else keys
+      total += count * (proj + 4 * keys * N * H + extra + 6 * D * F) * positions / T
     return total + 2 * D * self.vocab_size
-
-
-def _infini_memory_flops(layer: memories.Infini, N: int, T: int) -> float:
-  """Per token: the compressive memory's read and write (infini_jax/memory.py), its gates."""
-  K, H = layer.K, layer.H
-  if layer.rule == "deltanet":  # read φ(q) M; write: the T x T key Gram, φ(k) M, φ(k)ᵀ U
-    flops = 2 * N * H * H + 2 * T * K * H + 2 * K * H * H + 2 * K * H * H
-  else:  # read σ(q) M and σ(q) z; write σ(k)ᵀ v (z's update is a sum, not a matmul)
-    flops = 2 * N * H * H + 2 * N * H + 2 * K * H * H
-    if layer.rule == "delta":  # the memory's own read of each key before the write
-      flops += 2 * K * H * H + 2 * K * H
-  if layer.write_gated:
-    flops += 2 * K * H
-  if layer.query_gated:
-    flops += 2 * N * H
-  return flops
 
 
 class RMSNorm(nnx.Module):
@@ -240,12 +207,10 @@ class Block(nnx.Module):
   def __init__(self, cfg: ModelConfig, index: int, rngs: nnx.Rngs):
     dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
     self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
-    self.attn = InfiniAttention(
-        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-        memory=memories.for_layer(cfg, index),
-        rule=cfg.rule, gate_init=cfg.gate_init, rope_theta=cfg.rope_theta, dtype=dtype,
-        param_dtype=param_dtype, rope_scaling=ropelib.scaling_of(cfg),
-        attention_impl=cfg.attention_impl, rngs=rngs)
+    self.attn = Attention(
+        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, memories.build(cfg, index),
+        rope_theta=cfg.rope_theta, rope_scaling=ropelib.scaling_of(cfg), dtype=dtype,
+        param_dtype=param_dtype, attention_impl=cfg.attention_impl, rngs=rngs)
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     self.mlp = MLP(cfg.d_model, cfg.mlp_dim, dtype, param_dtype, rngs)
 
@@ -255,14 +220,84 @@ class Block(nnx.Module):
     return x + self.mlp(self.mlp_norm(x)), state
 
   def extend(self, x, state, cache, pos):
-    """Decoding: `__call__` for the next tokens of the current segment (see InfiniAttention)."""
+    """Decoding: `__call__` for the next tokens of the current segment (see Attention)."""
     y, cache = self.attn.extend(self.attn_norm(x), state, cache, pos)
     x = x + y
     return x + self.mlp(self.mlp_norm(x)), cache
 
 
+def stages(cfg: ModelConfig) -> list[tuple[int, int]]:
+  """(first layer, count) of each run of identical layers: one run, but for memorizing's kNN
+  layer among Transformer-XL layers."""
+  if cfg.memory != "memorizing":
+    return [(0, cfg.num_layers)]
+  k = memories.knn_layer(cfg)
+  runs = [(0, k), (k, 1), (k + 1, cfg.num_layers - k - 1)]
+  return [(first, count) for first, count in runs if count]
+
+
+class Stage(nnx.Module):
+  """`count` identical blocks, their parameters stacked on a leading `layers` axis, run by a
+  scan: one layer's program, compiled once, each layer rematerialised with `remat`."""
+
+  def __init__(self, cfg: ModelConfig, first: int, count: int, rngs: nnx.Rngs):
+    @nnx.split_rngs(splits=count)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+    def make(rngs):
+      return Block(cfg, first, rngs)
+
+    self.count, self.remat = count, cfg.remat
+    self.blocks = make(rngs)
+
+  def _memory(self):
+    return self.blocks.attn.memory  # its state, cache and footprint do not depend on parameters
+
+  def init_state(self, batch: int):
+    one = self._memory().init_state(batch)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.count,) + a.shape), one)
+
+  def init_cache(self, batch: int, T: int):
+    one = self.blocks.attn.init_cache(batch, T)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (self.count,) + a.shape), one)
+
+  def __call__(self, x, state, mask):
+    """x [B, T, D], state stacked [count, ...] -> (x, state)."""
+    graphdef, params = nnx.split(self.blocks)
+
+    def layer(x, params_state):
+      params, state = params_state
+      block = nnx.merge(graphdef, params)
+      y, new = block(sh.constrain(x, ACTIVATION), state, mask)
+      return y, constrain_state(keep_if_empty(mask, new, state))
+
+    if self.remat != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    return jax.lax.scan(layer, x, (params, state))
+
+  def extend(self, x, state, cache, pos):
+    graphdef, params = nnx.split(self.blocks)
+
+    def layer(x, xs):
+      params, state, cache = xs
+      return nnx.merge(graphdef, params).extend(x, state, cache, pos)
+
+    return jax.lax.scan(layer, x, (params, state, cache))
+
+  def flush(self, state, cache):
+    graphdef, params = nnx.split(self.blocks)
+    flush = lambda p, s, c: nnx.merge(graphdef, p).attn.flush(s, c)  # noqa: E731
+    return jax.vmap(flush)(params, state, cache)
+
+
+class State(NamedTuple):
+  """What the segment scan carries: each stage's stacked layer states, each part's state."""
+
+  layers: tuple
+  parts: tuple = ()
+
+
 class InfiniTransformer(nnx.Module):
-  """Decoder-only LM whose attention layers carry a compressive memory across segments.
+  """Decoder-only LM whose attention layers carry a segment memory across segments.
 
   `model(tokens, state, mask)` returns (logits, state); `model.nll(tokens, targets, state, mask)`
   returns (per-token negative log-likelihood, state) without materialising all the logits. Both run
@@ -282,38 +317,33 @@ class InfiniTransformer(nnx.Module):
     self.embed = nnx.Param(
         scale * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
         sharding=(sh.VOCAB, sh.EMBED), eager_sharding=False)
-    self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.num_layers)])
+    self.stages = nnx.List([Stage(cfg, first, count, rngs) for first, count in stages(cfg)])
+    # Model-level parts, each wrapping the stack (infini_jax/memories/rmt.py), in the order they
+    # enter: the token shift changes the inputs, RMT then puts memory tokens around them.
+    parts = [TokenShift(cfg.token_shift, cfg.d_model, cfg.token_shift_init, param_dtype)
+             ] if cfg.token_shift else []
     if cfg.memory == "rmt":
-      # RMT's initial memory tokens, read at the start of the first segment.
-      self.memory_init = nnx.Param(
-          jax.random.normal(rngs.params(), (cfg.memory_tokens, cfg.d_model), param_dtype),
-          sharding=(None, sh.EMBED), eager_sharding=False)
-    if cfg.token_shift:
-      # Weight of the embedding of token t-1-j in the input of token t, per channel.
-      self.shift_mix = nnx.Param(
-          jnp.full((cfg.token_shift, cfg.d_model), cfg.token_shift_init, param_dtype),
-          sharding=(None, sh.EMBED), eager_sharding=False)
+      parts.append(RMT(cfg.memory_tokens, cfg.d_model, self.dtype, param_dtype, rngs))
+    self.parts = nnx.List(parts)
     self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,
                            param_dtype)
 
-  def init_state(self, batch: int) -> tuple:
-    """The empty state: one entry per layer (a CompressiveMemory, an XL cache, ..., or None),
-    then, for RMT only, the memory tokens [B, p, D], then, with token_shift S, the last S token
-    ids [B, S] int32 (0 before the first token)."""
-    state = tuple(block.attn.init_state(batch) for block in self.blocks)
-    if self.cfg.memory == "rmt":
-      tokens = jnp.broadcast_to(self.memory_init[...], (batch,) + self.memory_init.shape)
-      state += (tokens.astype(self.dtype),)
-    if self.cfg.token_shift:
-      state += (jnp.zeros((batch, self.cfg.token_shift), jnp.int32),)
-    return state
+  def init_state(self, batch: int) -> State:
+    """The empty state: per stage, its layers' memory states stacked [layers, B, ...]; per part
+    (RMT's memory tokens [B, p, D], the token shift's last ids [B, S]) its own."""
+    return State(tuple(stage.init_state(batch) for stage in self.stages),
+                 tuple(part.init_state(batch) for part in self.parts))
 
   def state_size(self, batch: int = 1) -> int:
     """Numbers the state carries between segments for `batch` sequences (masks not counted)."""
     shapes = jax.eval_shape(lambda: self.init_state(batch))
     return sum(x.size for x in jax.tree.leaves(shapes) if x.dtype != jnp.bool_)
+
+  def footprint(self) -> int:
+    """The paper's Table 1 formula for this model, in numbers per sequence."""
+    return memories.footprint(self.cfg)
 
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] -> float32 logits [B, T, W]."""
@@ -324,61 +354,35 @@ class InfiniTransformer(nnx.Module):
       out = dense.token_einsum("BTD,DW->BTW", h, self.unembed[...].astype(self.dtype))
     return out.astype(jnp.float32)
 
-  def segment(self, tokens: jax.Array, state: tuple, mask: jax.Array):
+  def segment(self, tokens: jax.Array, state: State, mask: jax.Array):
     """The whole stack on one segment: tokens [B, T], mask [B, T] -> (hidden [B, T, D], state)."""
-    layers, extra = state[:self.cfg.num_layers], list(state[self.cfg.num_layers:])
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, T, D]
-    T = x.shape[1]
-    shifted = []
-    if self.cfg.token_shift:
-      prev = extra.pop()  # [B, S]: the tokens before this segment
-      ids = jnp.concatenate([prev, tokens], axis=1)  # [B, S + T]
-      x = self._shift(x, ids)
-      # Padded tokens (mask False) only come at a stream's end, so the last S ids are carried.
-      shifted = [ids[:, -self.cfg.token_shift:]]
-    if self.cfg.memory == "rmt":
-      # RMT: the memory tokens are read before the segment and written after it; the outputs of
-      # the write tokens are the next segment's memory, the only path between segments.
-      read = extra.pop()  # [B, p, D]
-      x = jnp.concatenate([read, x, read], axis=1)  # [B, p + T + p, D]
-      p = read.shape[1]
-      mask = jnp.pad(mask, [(0, 0), (p, p)], constant_values=True)
-    new_state = []
-    for block, layer_state in zip(self.blocks, layers):
-      x = sh.constrain(x, ACTIVATION)
-      x, layer_state = block(x, layer_state, mask)
-      new_state.append(constrain_state(layer_state))
-    if self.cfg.memory == "rmt":
-      x, written = x[:, p:p + T], x[:, p + T:]
-      new_state.append(written)
-    return sh.constrain(x, ACTIVATION), tuple(new_state + shifted)
+    embed = self.embed[...]
+    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    inner, carried = mask, []
+    for part, part_state in zip(self.parts, state.parts):
+      x, inner, part_state = part.enter(embed, x, tokens, part_state, inner)
+      carried.append(part_state)
+    layers = []
+    for stage, stage_state in zip(self.stages, state.layers):
+      x, stage_state = stage(x, stage_state, inner)
+      layers.append(stage_state)
+    parts = []
+    for part, part_state in reversed(list(zip(self.parts, carried))):
+      x, part_state = part.leave(x, part_state)
+      parts.insert(0, part_state)
+    parts = keep_if_empty(mask, tuple(parts), state.parts)
+    return sh.constrain(x, ACTIVATION), State(tuple(layers), parts)
 
-  def _shift(self, x: jax.Array, ids: jax.Array) -> jax.Array:
-    """token_shift: x [B, C, D] plus the weighted embeddings of the S tokens before each of its
-    C tokens; ids [B, S + C] are the S tokens before x's first one, then x's own."""
-    S, C = self.cfg.token_shift, x.shape[1]
-    e = jnp.take(self.embed[...], ids, axis=0)  # [B, S + C, D], one gather for every offset
-    for j in range(S):  # token t gets token t-1-j
-      x = x + (e[:, S - 1 - j:S - 1 - j + C] * self.shift_mix[j]).astype(self.dtype)
-    return x
-
-  def __call__(self, tokens: jax.Array, state: tuple | None = None,
+  def __call__(self, tokens: jax.Array, state: State | None = None,
                mask: jax.Array | None = None):
     """tokens [B, L] -> (logits [B, L, W] float32, state). For short inputs and decoding."""
     return self._scan(tokens, state, mask, (), lambda model, h, _: model.logits(h))
 
-  def nll(self, tokens: jax.Array, targets: jax.Array, state: tuple | None = None,
+  def nll(self, tokens: jax.Array, targets: jax.Array, state: State | None = None,
           mask: jax.Array | None = None):
     """Per-token negative log-likelihood [B, L] float32 (0 where mask is False), and the state."""
-
-    def readout(model, h, xs):
-      seg_targets, seg_mask = xs
-      logp = jax.nn.log_softmax(model.logits(h), axis=-1)  # [B, T, W]
-      nll = -jnp.take_along_axis(logp, seg_targets[..., None], axis=-1)[..., 0]
-      return jnp.where(seg_mask, nll, 0.0)
-
     mask = jnp.ones(tokens.shape, bool) if mask is None else mask
-    return self._scan(tokens, state, mask, (targets, mask), readout)
+    return self._scan(tokens, state, mask, (targets, mask), _chunked_nll)
 
   def _scan(self, tokens, state, mask, extra, readout: Callable):
     """Pads tokens [B, L] to whole segments and scans the stack over them.
@@ -401,71 +405,84 @@ class InfiniTransformer(nnx.Module):
 
     graphdef, params = nnx.split(self)
 
-    def step(params, carry, xs):
+    def step(carry, xs):
       model = nnx.merge(graphdef, params)
       seg_tokens, seg_mask, seg_extra = xs
       h, carry = model.segment(seg_tokens, carry, seg_mask)
       return carry, readout(model, h, seg_extra)
 
-    policy = REMAT_POLICIES[self.cfg.remat]
-    if self.cfg.remat != "none":
-      step = jax.checkpoint(step, policy=policy, prevent_cse=False)
     xs = (to_segments(tokens), to_segments(mask), jax.tree.map(to_segments, extra))
-    state, out = jax.lax.scan(lambda c, x: step(params, c, x), state, xs)  # out [S, B, T, ...]
+    state, out = jax.lax.scan(step, state, xs)  # out [S, B, T, ...]
     out = jnp.moveaxis(out, 0, 1).reshape(B, S * T, *out.shape[3:])[:, :L]
     return out, state
 
   def gates(self) -> jax.Array:
-    """sigmoid(β) [layers, heads] for the gate analysis (the paper's Figure 3)."""
-    return jnp.stack([block.attn.gate_value() for block in self.blocks])
+    """sigmoid(β) [layers, heads] of the layers whose memory has a gate (the paper's Figure 3)."""
+    rows = [g.value().reshape(-1, g.beta.shape[-1]) for _, g in nnx.iter_graph(self)
+            if isinstance(g, Gate)]
+    return jnp.concatenate(rows) if rows else jnp.zeros((0, self.cfg.num_heads))
+
+  def decays(self) -> jax.Array:
+    """γ [layers, kv heads] of model.memory_decay (empty without it)."""
+    rows = [d.value().reshape(-1, d.logit.shape[-1]) for _, d in nnx.iter_graph(self)
+            if isinstance(d, Decay)]
+    return jnp.concatenate(rows) if rows else jnp.zeros((0, self.cfg.num_kv_heads))
 
   # --- Decoding (infini_jax/generate.py): the segment scan, a few tokens at a time. ---
   # A segment's tokens read `state` (the memories of the completed segments) and the segment's
-  # own earlier tokens through a key/value cache; once the segment is complete, `flush` writes it
-  # into the memories. Positions restart at 0 in every segment, as in the scan.
+  # own earlier tokens through each memory's cache of the segment; once the segment is complete,
+  # `flush` writes it into the memories. Positions restart at 0 in every segment, as in the scan.
 
-  # With token_shift the cache also holds the segment's token ids [B, T], and the state's last
-  # entry (the S ids before the segment) is renewed by `flush`, as the scan renews it.
-
-  def init_cache(self, batch: int) -> tuple:
-    """Empty key/value caches, one per layer, each for one segment (then the ids, see above)."""
-    if self.cfg.memory not in ("infini", "local", "full") or self.cfg.xl_cache:
-      what = "model.xl_cache" if self.cfg.xl_cache else self.cfg.memory
-      raise ValueError(f"key/value-cache decoding supports memory=infini (without xl_cache), "
-                       f"local and full, not {what}; evaluate perplexity or score with "
-                       "evaluate.TeacherForced instead")
+  def init_cache(self, batch: int) -> State:
+    """Empty caches of one segment: per stage its layers' (stacked), per part its own."""
     T = self.cfg.segment_len
-    cache = tuple(block.attn.init_cache(batch, T) for block in self.blocks)
-    if self.cfg.token_shift:
-      cache += (jnp.zeros((batch, T), jnp.int32),)
-    return cache
+    return State(tuple(stage.init_cache(batch, T) for stage in self.stages),
+                 tuple(part.init_cache(batch, T) for part in self.parts))
 
-  def extend(self, tokens: jax.Array, state: tuple, cache: tuple, pos: jax.Array):
+  def extend(self, tokens: jax.Array, state: State, cache: State, pos: jax.Array):
     """tokens [B, C] at positions pos..pos+C-1 of the current segment -> (hidden [B, C, D], cache).
 
     Outputs at positions past the segment's end are meaningless (padding). `self.logits(hidden)`
     gives the logits; what the scan would give for these tokens, when pos + C <= segment_len.
     """
-    L = self.cfg.num_layers
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(self.dtype)  # [B, C, D]
-    shifted = ()
-    if self.cfg.token_shift:
-      S, C = self.cfg.token_shift, tokens.shape[1]
-      seg_ids = write_cache(cache[L], tokens, pos)  # [B, T]
-      ids = jnp.concatenate([state[L], seg_ids, jnp.zeros_like(tokens)], axis=1)  # [B, S+T+C]
-      x = self._shift(x, jax.lax.dynamic_slice_in_dim(ids, pos, S + C, axis=1))
-      shifted = (seg_ids,)
-    new_cache = []
-    for block, layer_state, layer_cache in zip(self.blocks, state, cache):
-      x, layer_cache = block.extend(x, layer_state, layer_cache, pos)
-      new_cache.append(layer_cache)
-    return x, tuple(new_cache) + shifted
+    embed = self.embed[...]
+    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)  # [B, C, D]
+    parts = []
+    for part, part_state, part_cache in zip(self.parts, state.parts, cache.parts):
+      x, part_cache = part.extend(embed, x, tokens, part_state, part_cache, pos)
+      parts.append(part_cache)
+    layers = []
+    for stage, stage_state, stage_cache in zip(self.stages, state.layers, cache.layers):
+      x, stage_cache = stage.extend(x, stage_state, stage_cache, pos)
+      layers.append(stage_cache)
+    return x, State(tuple(layers), tuple(parts))
 
-  def flush(self, state: tuple, cache: tuple) -> tuple:
+  def flush(self, state: State, cache: State) -> State:
     """The state after the complete segment held in `cache` (all segment_len slots written)."""
-    L = self.cfg.num_layers
-    new = tuple(block.attn.flush(s, c) for block, s, c in zip(self.blocks, state, cache))
-    if self.cfg.token_shift:
-      ids = jnp.concatenate([state[L], cache[L]], axis=1)  # [B, S + T]
-      new += (ids[:, -self.cfg.token_shift:],)
-    return new
+    return State(tuple(stage.flush(s, c) for stage, s, c in zip(self.stages, state.layers,
+                                                                cache.layers)),
+                 tuple(part.flush(s, c) for part, s, c in zip(self.parts, state.parts,
+                                                              cache.parts)))
+
+
+def _chunked_nll(model: InfiniTransformer, h: jax.Array, xs) -> jax.Array:
+  """The loss readout of one segment: h [B, T, D], targets and mask [B, T] -> nll [B, T].
+
+  In chunks of LOSS_CHUNK tokens, each rematerialised (but with remat=none), so that at most one
+  chunk's float32 logits [B, C, W] and their gradient are alive at a time.
+  """
+  targets, mask = xs
+  B, T, D = h.shape
+
+  def chunk(h, targets, mask):
+    logp = jax.nn.log_softmax(model.logits(h), axis=-1)  # [B, C, W]
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.where(mask, nll, 0.0)
+
+  C = math.gcd(T, LOSS_CHUNK)
+  if model.cfg.remat == "none" or C == T:
+    return chunk(h, targets, mask)
+  split = lambda x: jnp.moveaxis(x.reshape(B, T // C, C, *x.shape[2:]), 1, 0)  # noqa: E731
+  body = jax.checkpoint(lambda _, xs: (None, chunk(*xs)), prevent_cse=False)
+  _, out = jax.lax.scan(body, None, (split(h), split(targets), split(mask)))  # [T/C, B, C]
+  return jnp.moveaxis(out, 0, 1).reshape(B, T)

@@ -1,14 +1,18 @@
 """The optimizer: AdamW or Adafactor, warm-up then cosine decay, global-norm clipping.
 
-The gates β get their own learning rate (a multiple of the base one) and no weight decay: a public
-reproduction stalled because its gates, decayed towards 0 and updated at the base rate, never left
-sigmoid(β) = 0.5 (PAPER.md).
+The memory path's gates (every `GateParam`: β and the options' per-head parameters) get their own
+learning rate (a multiple of the base one) and no weight decay: a public reproduction stalled
+because its gates, decayed towards 0 and updated at the base rate, never left sigmoid(β) = 0.5
+(PAPER.md).
 """
 
 from __future__ import annotations
 
 import jax
 import optax
+from flax import nnx
+
+from infini_jax.memories.common import GateParam
 
 OPTIMIZERS = ("adamw", "adafactor")
 
@@ -21,19 +25,13 @@ def schedule(cfg, steps: int) -> optax.Schedule:
       end_value=cfg.lr * cfg.min_lr_ratio)
 
 
-GATES = ("gate", "gate_w", "memory_scale", "write_gate_w", "write_gate_b", "memory_decay")
-
-
-def is_gate(path) -> bool:
-  """Whether a pytree path (of a pure dict or an nnx.State) leads to a gate β, or to the other
-  per-head parameters of the memory path (model.memory_scale's log-scale, model.write_gate's
-  weights, model.memory_decay's logits, model.query_gate's weights): same rate, no weight decay."""
-  return any(getattr(k, "key", getattr(k, "name", None)) in GATES for k in path)
-
-
-def param_labels(params):
-  """'gate' for every β, 'default' for everything else (a pytree shaped like params)."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: "gate" if is_gate(p) else "default", params)
+def param_labels(model) -> dict:
+  """'gate' for every `GateParam` of a model (or of its nnx.State), 'default' for every other
+  parameter: a pure dict shaped like the model's parameters, for `make`."""
+  state = model if isinstance(model, nnx.State) else nnx.state(model, nnx.Param)
+  return nnx.to_pure_dict(jax.tree.map(
+      lambda v: "gate" if isinstance(v, GateParam) else "default", state,
+      is_leaf=lambda v: isinstance(v, nnx.Variable)))
 
 
 def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
@@ -42,8 +40,8 @@ def _base(cfg, lr, weight_decay: float) -> optax.GradientTransformation:
   return optax.adafactor(lr, multiply_by_parameter_scale=False, weight_decay_rate=weight_decay or None)
 
 
-def make(cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer (for a pytree of parameters) and its learning-rate schedule."""
+def make(cfg, steps: int, labels) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer for parameters shaped like `labels` (`param_labels`), and its schedule."""
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer.name {cfg.name!r}; use one of {OPTIMIZERS}")
   lr = schedule(cfg, steps)
@@ -52,6 +50,6 @@ def make(cfg, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]
       optax.clip_by_global_norm(cfg.clip_norm),
       optax.multi_transform(
           {"default": _base(cfg, lr, cfg.weight_decay), "gate": _base(cfg, gate_lr, 0.0)},
-          param_labels),
+          labels),
   )
   return tx, lr

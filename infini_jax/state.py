@@ -20,6 +20,7 @@ from flax import nnx
 
 from infini_jax import optim
 from infini_jax import sharding as sh
+from infini_jax.memories.common import MemoryParam
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 BATCH_KEYS = ("inputs", "targets", "mask", "weights")
@@ -74,6 +75,7 @@ class TrainSetup:
   abstract_state: Any  # ShapeDtypeStructs carrying their shardings (restore targets)
   state_shardings: Any
   batch_sharding: jax.sharding.NamedSharding
+  memory_params: set[str]  # names of the MemoryParams, which init_from leaves fresh
   init: Callable  # key -> state, allocated on the mesh
   train_step: Callable  # jitted, donates the state
 
@@ -95,7 +97,7 @@ def opt_state_shardings(abstract_opt_state, abstract_params, param_sh, mesh):
   Adafactor's factored rows and columns) is replicated.
 
   An optimizer-state leaf belongs to the parameter whose path ends its own path (optax nests the
-  parameter tree under its state's fields: ...inner_state[0].mu['blocks'][0]['attn']['wq']).
+  parameter tree under its state's fields: ...inner_state[0].mu['stages'][0]['blocks']['attn']['wq']).
   """
   keys = lambda path: tuple(str(k) for k in path)  # noqa: E731
   params = {keys(p): (leaf.shape, shd) for (p, leaf), shd in zip(
@@ -116,8 +118,9 @@ def opt_state_shardings(abstract_opt_state, abstract_params, param_sh, mesh):
 
 def build(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> TrainSetup:
   rules = sh.check_rules(config.sharding_rules)
-  tx, lr_schedule = optim.make(config.optimizer, config.train.steps)
   abstract_model = nnx.eval_shape(lambda: InfiniTransformer(model_cfg, rngs=nnx.Rngs(0)))
+  tx, lr_schedule = optim.make(config.optimizer, config.train.steps,
+                               optim.param_labels(abstract_model))
   graphdef, abstract_vars = nnx.split(abstract_model)
   param_sh = sh.param_shardings(abstract_vars, mesh, rules)
 
@@ -133,11 +136,13 @@ def build(config, model_cfg: ModelConfig, mesh: jax.sharding.Mesh) -> TrainSetup
   abstract = jax.tree.map(lambda s, d: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=d),
                           abstract, state_sh)
   batch_sh = sh.batch_sharding(mesh, rules, config.batch_size)
+  memory_params = {"/".join(map(str, path)) for path, _ in nnx.to_flat_state(
+      nnx.state(abstract_model, MemoryParam))}
   step = make_train_step(graphdef, tx, lr_schedule, config.optimizer.grad_accum)
   return TrainSetup(
       model_cfg=model_cfg, mesh=mesh, rules=rules, graphdef=graphdef, tx=tx,
       lr_schedule=lr_schedule, abstract_state=abstract, state_shardings=state_sh,
-      batch_sharding=batch_sh,
+      batch_sharding=batch_sh, memory_params=memory_params,
       init=jax.jit(init, out_shardings=state_sh),
       train_step=jax.jit(step, in_shardings=(state_sh, {k: batch_sh for k in BATCH_KEYS}),
                          out_shardings=(state_sh, sh.replicated(mesh)), donate_argnums=0))

@@ -78,7 +78,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     else:
       state, start = setup.init(jax.random.key(config.seed)), 0
       if config.init_from:  # continual pre-training: a converted LLM's or another run's weights
-        state["params"], note = restore_init_params(config.init_from, state["params"])
+        state["params"], note = restore_init_params(config.init_from, state["params"],
+                                                    setup.memory_params)
         # Optimizer state from the restored values (Adam's moments are zeros either way).
         state["opt_state"] = jax.jit(setup.tx.init, out_shardings=setup.state_shardings[
             "opt_state"])(state["params"])

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import jax.numpy as jnp
 import pytest
 from flax import nnx
 
@@ -19,3 +20,12 @@ def make_model():
     return InfiniTransformer(dataclasses.replace(TINY, **overrides), rngs=nnx.Rngs(seed))
 
   return make
+
+
+def set_gates(model, value) -> None:
+  """Every gate β of the model (each layer's `Gate`, stacked [layers, heads]) to `value`, a
+  number or a [heads] row."""
+  from infini_jax.memories.common import Gate  # noqa: PLC0415
+  for _, gate in nnx.iter_graph(model):
+    if isinstance(gate, Gate):
+      gate.beta[...] = jnp.broadcast_to(jnp.asarray(value, jnp.float32), gate.beta.shape)

@@ -65,8 +65,8 @@ def main(out_path, ckpt_dir):
   for shape in MESHES:
     _, state, losses = run(shape, devices)
     params = jax.tree.leaves(state["params"])
-    attn = state["params"]["blocks"][0]["attn"]
-    mlp = state["params"]["blocks"][0]["mlp"]
+    attn = state["params"]["stages"][0]["blocks"]["attn"]  # stacked [layers, ...]
+    mlp = state["params"]["stages"][0]["blocks"]["mlp"]
     result["meshes"][str(shape)] = dict(
         losses=losses,
         max_param_diff=max(float(np.abs(np.asarray(p) - r).max()) for p, r in zip(params, ref_params)),
@@ -74,7 +74,9 @@ def main(out_path, ckpt_dir):
             ("wq", attn["wq"]), ("wo", attn["wo"]), ("w_up", mlp["w_up"]),
             ("embed", state["params"]["embed"])]},
         wq_shard_shape=list(attn["wq"].addressable_shards[0].data.shape),
-        mu_wq_spec=str(jax.tree.leaves(state["opt_state"])[3].sharding.spec))
+        mu_wq_spec=next(str(x.sharding.spec) for path, x in
+                        jax.tree_util.tree_flatten_with_path(state["opt_state"])[0]
+                        if jax.tree_util.keystr(path).endswith("['attn']['wq']")))
 
   # Save after 2 steps on (8,1,1); restore on (2,4,1) and take the third step there.
   setup, state, _ = run((8, 1, 1), devices, steps=2)
@@ -88,7 +90,7 @@ def main(out_path, ckpt_dir):
     third = list(batches())[2]
     _, m = target.train_step(restored, target.global_batch(third))
   result["resharded"] = dict(
-      loss=float(m["loss"]), wq_spec=str(restored["params"]["blocks"][0]["attn"]["wq"].sharding.spec))
+      loss=float(m["loss"]), wq_spec=str(restored["params"]["stages"][0]["blocks"]["attn"]["wq"].sharding.spec))
   with open(out_path, "w") as f:
     json.dump(result, f, indent=2)
 

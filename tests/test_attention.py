@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infini_jax.attention import InfiniAttention
+from infini_jax import memories
+from infini_jax.attention import Attention
 
 
 def np_rope(x, theta=10_000.0):
@@ -35,7 +36,13 @@ def np_causal_attention(x, wq, wk, wv, wo):
 
 
 def layer(memory="infini", gate_init=0.0):
-  return InfiniAttention(16, 4, 2, 8, memory=memory, gate_init=gate_init, rngs=nnx.Rngs(0))
+  local = memories.Local(2, 8)
+  if memory == "infini":
+    memory = memories.Infini(4, 2, 8, rule=memories.Linear(), context=local,
+                             gate=memories.Gate(4, gate_init))
+  else:
+    memory = local
+  return Attention(16, 4, 2, 8, memory, rngs=nnx.Rngs(0))
 
 
 def test_closed_gate_on_one_segment_is_causal_attention():
@@ -58,7 +65,7 @@ def test_first_segment_reads_nothing_so_open_gate_halves_local_output():
   y_half, state = half(x, half.init_state(1))
   # The empty memory reads exactly 0: A = 0.5 * 0 + 0.5 * A_dot, and no NaN.
   np.testing.assert_allclose(y_half, 0.5 * y_closed, rtol=1e-5, atol=1e-6)
-  assert float(state.z.sum()) > 0  # ... and the segment was written after the read
+  assert float(state.memory.z.sum()) > 0  # ... and the segment was written after the read
 
 
 def test_padding_is_not_attended():
@@ -68,5 +75,5 @@ def test_padding_is_not_attended():
   y, state = attn(x, attn.init_state(1), mask)
   y2, state2 = attn(x.at[:, 4:].set(100.0), attn.init_state(1), mask)
   np.testing.assert_allclose(y[:, :4], y2[:, :4], rtol=1e-6)
-  np.testing.assert_array_equal(state.M, state2.M)
+  np.testing.assert_array_equal(state.memory.M, state2.memory.M)
   assert bool(jnp.isfinite(y2).all())

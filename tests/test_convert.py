@@ -25,6 +25,8 @@ from configs import models
 from infini_jax import config as configlib
 from infini_jax import convert, rope, trainer
 from infini_jax.checkpoint import restore_init_params
+from infini_jax.memories.common import MemoryParam
+from tests.conftest import set_gates
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +65,9 @@ def load(out_dir, cfg):
   """A model of config cfg with the parameters of the checkpoint in out_dir (as init_from)."""
   model = InfiniTransformer(cfg, rngs=nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)
-  params, note = restore_init_params(out_dir, nnx.to_pure_dict(state))
+  memory_params = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(
+      nnx.state(model, MemoryParam))}
+  params, note = restore_init_params(out_dir, nnx.to_pure_dict(state), memory_params)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   return model, note
@@ -96,7 +100,7 @@ def converted(hf_dir, tmp_path_factory):
 def test_memory_off_reproduces_transformers_logits(hf_dir, converted):
   # memory="local" has no gates: the converted ones are left out (and said so).
   model, note = load(converted, dataclasses.replace(CFG, memory="local"))
-  assert "unused there: 2 memory parameters" in note
+  assert "unused there: 1 memory parameters (stages/0/blocks/attn/memory/gate/beta" in note
   x = tokens(CFG.segment_len)  # one whole segment: positions 0..31 as in transformers
   ours = np.asarray(model(x)[0])
   want = hf_logits(hf_model(), x)
@@ -104,8 +108,7 @@ def test_memory_off_reproduces_transformers_logits(hf_dir, converted):
   np.testing.assert_allclose(ours, want, atol=1e-4, rtol=0)
   # Infini-attention with the gates closed (sigmoid(-100) = 0 in float32) is the same model.
   model, _ = load(converted, CFG)
-  for block in model.blocks:
-    block.attn.gate[...] = jnp.full_like(block.attn.gate[...], -100.0)
+  set_gates(model, -100.0)
   np.testing.assert_allclose(np.asarray(model(x)[0]), want, atol=1e-4, rtol=0)
 
 
@@ -255,7 +258,8 @@ def test_a_source_without_gates_gets_the_runs_gate_init(hf_dir, converted, tmp_p
   assert "it has no gates: 2 layers start at this run's model.gate_init β=-3" in note
   want, _ = load(converted, CFG)
   np.testing.assert_array_equal(model.gates(), jax.nn.sigmoid(jnp.full((2, 4), -3.0)))
-  np.testing.assert_array_equal(model.blocks[1].attn.wo[...], want.blocks[1].attn.wo[...])
+  np.testing.assert_array_equal(model.stages[0].blocks.attn.wo[...][1],
+                                want.stages[0].blocks.attn.wo[...][1])
   # Anything else the source lacks or has in another shape is an error, not a fresh init.
   with pytest.raises(ValueError, match=r"params unembed is \(64, 300\) there, missing here"):
     load(local, dataclasses.replace(CFG, tie_embeddings=True))
@@ -288,3 +292,23 @@ def test_init_from_must_exist(tmp_path):
   c.init_from = str(tmp_path / "nowhere")
   with pytest.raises(ValueError, match="init_from=.*nowhere is not a directory"):
     configlib.validate(c)
+
+
+@pytest.mark.parametrize("option", [
+    dict(write_gate=True), dict(memory_scale=True), dict(memory_decay=True),
+    dict(query_gate=True), dict(token_shift=2), dict(xl_cache=True, memory_add=True),
+    dict(rule="deltanet")])
+def test_init_from_a_converted_llm_into_every_option(converted, option):
+  """The source has the LM's parameters and the gates; every parameter an option adds is a
+  MemoryParam and starts fresh, however it is named (the old lists of names missed some)."""
+  cfg = dataclasses.replace(CFG, **option)
+  model, note = load(converted, cfg)
+  want, _ = load(converted, CFG)
+  np.testing.assert_array_equal(model.embed[...], want.embed[...])
+  fresh = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(
+      InfiniTransformer(cfg, rngs=nnx.Rngs(0)), MemoryParam))}
+  got = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, MemoryParam))}
+  extra = [n for n in fresh if not n.endswith("gate/beta")]
+  assert extra and f"fresh {extra[0]}" in note or not extra
+  for name in extra:
+    np.testing.assert_array_equal(got[name][...], fresh[name][...])

@@ -13,6 +13,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
+from tests.conftest import set_gates
 from infini_jax import config as configlib
 from infini_jax import evaluate, report, trainer
 from infini_jax.data import pipeline
@@ -46,8 +47,7 @@ def config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(config):
   model = InfiniTransformer(configlib.model_config(config), rngs=nnx.Rngs(0))
-  for block in model.blocks:
-    block.attn.gate[...] = jnp.linspace(-3.0, 3.0, MODEL["num_heads"])
+  set_gates(model, jnp.linspace(-3.0, 3.0, MODEL["num_heads"]))
   return model
 
 

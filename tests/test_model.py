@@ -9,18 +9,12 @@ import optax
 import pytest
 from flax import nnx
 
-from infini_jax import memory as memlib
 from infini_jax.model import InfiniTransformer, ModelConfig
-from tests.conftest import TINY
+from tests.conftest import TINY, set_gates
 
 
 def tokens(seed, length, batch=2, vocab=TINY.vocab_size):
   return jax.random.randint(jax.random.key(seed), (batch, length), 0, vocab)
-
-
-def set_gates(model, value):
-  for block in model.blocks:
-    block.attn.gate[...] = jnp.full_like(block.attn.gate[...], value)
 
 
 @pytest.mark.parametrize("rule", ["linear", "delta"])
@@ -102,8 +96,8 @@ def test_gradients_reach_earlier_segments_and_gates_through_memory(make_model):
 
   grads = nnx.grad(loss)(model)
   assert float(jnp.abs(grads.embed[...][:8]).sum()) > 0
-  for i in range(TINY.num_layers):
-    assert float(jnp.abs(grads.blocks[i].attn.gate[...]).sum()) > 0
+  beta = grads.stages[0].blocks.attn.memory.gate.beta[...]  # [layers, heads]
+  assert (jnp.abs(beta).sum(axis=1) > 0).all()
   local_grads = nnx.grad(loss)(make_model(memory="local"))
   assert float(jnp.abs(local_grads.embed[...][:8]).sum()) == 0
 
@@ -118,7 +112,7 @@ def test_million_token_stream_in_bfloat16_stays_finite(make_model):
   for i in range((1 << 20) // chunk):
     logits, state = step(model, tokens(i, chunk, batch=1), state)
     assert bool(jnp.isfinite(logits).all()), f"non-finite logits in chunk {i}"
-  M, z = state[0]
+  M, z = state.layers[0].memory
   assert M.dtype == jnp.float32 and bool(jnp.isfinite(M).all())
   assert float(z.min()) > 1e4  # a million writes really accumulated
 
@@ -129,7 +123,8 @@ def test_state_size_is_independent_of_length(make_model):
   for length in (TINY.segment_len, 7 * TINY.segment_len + 1):
     _, state = model(tokens(5, length))
     sizes.add(sum(leaf.size for leaf in jax.tree.leaves(state)))
-  per_layer = memlib.state_size(TINY.num_kv_heads, TINY.head_dim, TINY.head_dim)
+  K, H = TINY.num_kv_heads, TINY.head_dim
+  per_layer = K * (H * H + H)  # M [K, H, V] and z [K, H], V = H
   assert sizes == {2 * TINY.num_layers * per_layer}  # batch 2
 
 

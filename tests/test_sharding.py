@@ -30,16 +30,18 @@ def test_sharded_training_matches_one_device(mesh_runs, mesh):
   run = mesh_runs["meshes"][mesh]
   np.testing.assert_allclose(run["losses"], mesh_runs["reference"], rtol=1e-5)
   assert run["max_param_diff"] < 1e-5
-  # Partitioned as the default rules say: embed -> fsdp, heads / mlp / vocab -> tensor.
-  assert run["specs"] == {"wq": "P('fsdp', 'tensor', None)", "wo": "P('tensor', None, 'fsdp')",
-                          "w_up": "P('fsdp', 'tensor')", "embed": "P('tensor', 'fsdp')"}
+  # Partitioned as the default rules say: embed -> fsdp, heads / mlp / vocab -> tensor, and the
+  # stacked layers' leading axis whole on every device (each layer's slice is split like it).
+  assert run["specs"] == {"wq": "P(None, 'fsdp', 'tensor', None)",
+                          "wo": "P(None, 'tensor', None, 'fsdp')",
+                          "w_up": "P(None, 'fsdp', 'tensor')", "embed": "P('tensor', 'fsdp')"}
   data, fsdp, tensor = eval(mesh)
-  assert run["wq_shard_shape"] == [64 // fsdp, 4 // tensor, 16]
+  assert run["wq_shard_shape"][1:] == [64 // fsdp, 4 // tensor, 16]
   assert run["mu_wq_spec"] == run["specs"]["wq"]  # Adam's moments live with their parameter
 
 
 def test_checkpoint_saved_on_one_mesh_restores_on_another(mesh_runs):
-  assert mesh_runs["resharded"]["wq_spec"] == "P('fsdp', 'tensor', None)"
+  assert mesh_runs["resharded"]["wq_spec"] == "P(None, 'fsdp', 'tensor', None)"
   np.testing.assert_allclose(mesh_runs["resharded"]["loss"],
                              mesh_runs["meshes"]["(8, 1, 1)"]["losses"][2], rtol=1e-5)
 

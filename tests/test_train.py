@@ -136,8 +136,9 @@ def test_bad_override_stops_before_any_work(tmp_path):
 def test_gates_get_their_own_rate_and_no_weight_decay():
   cfg = load("demo").optimizer
   cfg.update(name="adamw", lr=1e-2, warmup_steps=0, weight_decay=0.5, gate_lr_mult=10.0)
-  tx, _ = optim.make(cfg, steps=10)
   params = {"blocks": {0: {"attn": {"gate": jnp.ones(3), "wq": jnp.ones(3)}}}}
+  labels = {"blocks": {0: {"attn": {"gate": "gate", "wq": "default"}}}}
+  tx, _ = optim.make(cfg, steps=10, labels=labels)
   state = tx.init(params)
   # Zero gradients: only weight decay moves anything, and it must not move the gate.
   zero = jax.tree.map(jnp.zeros_like, params)
@@ -146,7 +147,7 @@ def test_gates_get_their_own_rate_and_no_weight_decay():
   assert float(jnp.abs(updates["blocks"][0]["attn"]["wq"]).max()) > 0.0
   # Equal gradients: Adam's first step is ±lr, so the gate moves gate_lr_mult times further.
   cfg.weight_decay = 0.0
-  tx, _ = optim.make(cfg, steps=10)
+  tx, _ = optim.make(cfg, steps=10, labels=labels)
   grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["blocks"][0]["attn"]["gate"],

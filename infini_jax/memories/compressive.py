@@ -11,13 +11,13 @@ d_model · (c + N) numbers.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from infini_jax.memories.common import attend, causal_visible, fifo
+from infini_jax.memories.common import KVCache, attend, causal_visible, fifo, segment_visible
 
 
 class CompressiveCache(NamedTuple):
@@ -27,31 +27,25 @@ class CompressiveCache(NamedTuple):
   coarse_valid: jax.Array  # [B, c]
 
 
-@dataclasses.dataclass(frozen=True)
-class Compressive:
-  T: int  # segment length = fine memory length
-  D: int
-  c: int  # compressed slots
-  r: int  # compression rate
-  dtype: str
-  gated = False
+class Compressive(nnx.Module):
 
-  @classmethod
-  def of(cls, cfg) -> "Compressive":
-    if cfg.compress_rate < 1 or cfg.segment_len % cfg.compress_rate or cfg.memory_size < 1:
-      raise ValueError(
-          f"compressive needs model.compress_rate={cfg.compress_rate} to divide model.segment_len="
-          f"{cfg.segment_len} and model.memory_size={cfg.memory_size} >= 1 compressed slots")
-    return cls(cfg.segment_len, cfg.d_model, cfg.memory_size, cfg.compress_rate, cfg.dtype)
+  def __init__(self, segment_len: int, d_model: int, slots: int, rate: int, num_kv_heads: int,
+               head_dim: int, dtype):
+    self.T, self.D, self.c, self.r = segment_len, d_model, slots, rate
+    self.K, self.H, self.dtype = num_kv_heads, head_dim, jnp.dtype(dtype)
 
   def init_state(self, batch: int) -> CompressiveCache:
-    dt = jnp.dtype(self.dtype)
+    dt = self.dtype
     return CompressiveCache(
         fine=jnp.zeros((batch, self.T, self.D), dt), fine_valid=jnp.zeros((batch, self.T), bool),
         coarse=jnp.zeros((batch, self.c, self.D), dt), coarse_valid=jnp.zeros((batch, self.c), bool))
 
   def footprint(self) -> int:
     return self.D * (self.c + self.T)
+
+  def flops(self, N: int, T: int) -> tuple[float, float]:
+    del N  # keys and values of its c + T stored states, per token of the segment
+    return self.c + 2 * T, 2 * self.D * 2 * self.K * self.H * (self.c + T) / T
 
   def compress(self, fine: jax.Array, valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[B, T, D] -> [B, T/r, D]: the mean of the real states in each group of r."""
@@ -61,20 +55,44 @@ class Compressive:
     n = w.sum(2)  # [B, T/r, 1]
     return (x * w).sum(2) / jnp.maximum(n, 1.0), n[..., 0] > 0
 
+  def _history(self, layer, state: CompressiveCache, dtype):
+    """Keys and values of [compressed, fine] [B, c + T, K, H] and their validity [B, c + T]."""
+    history = jax.lax.stop_gradient(jnp.concatenate([state.coarse, state.fine], axis=1))
+    hk, hv = layer.project_kv(history.astype(dtype))
+    return hk, hv, jnp.concatenate([state.coarse_valid, state.fine_valid], axis=1)
+
+  def _next(self, state: CompressiveCache, x, mask) -> CompressiveCache:
+    pooled, pooled_valid = self.compress(state.fine, state.fine_valid)
+    return CompressiveCache(
+        fine=jax.lax.stop_gradient(x).astype(self.dtype), fine_valid=mask,
+        coarse=fifo(state.coarse, pooled.astype(self.dtype)),
+        coarse_valid=fifo(state.coarse_valid, pooled_valid))
+
   def __call__(self, layer, x, q, k, v, state: CompressiveCache, mask):
     B, T = q.shape[:2]
     c = self.c
     mask = jnp.ones((B, T), bool) if mask is None else mask
-    history = jax.lax.stop_gradient(jnp.concatenate([state.coarse, state.fine], axis=1))
-    hk, hv = layer.project_kv(history.astype(x.dtype))  # [B, c + T, K, H], [B, c + T, K, V]
+    hk, hv, valid = self._history(layer, state, x.dtype)
     keys, values = jnp.concatenate([hk, k], axis=1), jnp.concatenate([hv, v], axis=1)
     k_pos, q_pos = jnp.arange(c + 2 * T), c + T + jnp.arange(T)
-    valid = jnp.concatenate([state.coarse_valid, state.fine_valid, mask], axis=1)
-    out = attend(layer.rope_at(q, q_pos), layer.rope_at(keys, k_pos), values,
-                 causal_visible(q_pos, k_pos, valid))
-    pooled, pooled_valid = self.compress(state.fine, state.fine_valid)
-    dt = jnp.dtype(self.dtype)
-    return out, CompressiveCache(
-        fine=jax.lax.stop_gradient(x).astype(dt), fine_valid=mask,
-        coarse=fifo(state.coarse, pooled.astype(dt)),
-        coarse_valid=fifo(state.coarse_valid, pooled_valid))
+    visible = causal_visible(q_pos, k_pos, jnp.concatenate([valid, mask], axis=1))
+    out = attend(layer.rope_at(q, q_pos), layer.rope_at(keys, k_pos), values, visible)
+    return out, self._next(state, x, mask)
+
+  def init_cache(self, batch: int, T: int, dtype) -> KVCache:
+    return KVCache.empty(batch, T, self.K, self.H, dtype, inputs_dim=self.D)
+
+  def extend(self, layer, q, state: CompressiveCache, cache: KVCache, q_pos):
+    B, C = q.shape[:2]
+    T, c = self.T, self.c
+    hk, hv, valid = self._history(layer, state, cache.k.dtype)
+    keys = jnp.concatenate([hk, cache.k], axis=1)
+    values = jnp.concatenate([hv, cache.v], axis=1)
+    visible = jnp.concatenate([jnp.broadcast_to(valid[:, None, :], (B, C, c + T)),
+                               jnp.broadcast_to(segment_visible(q_pos, T), (B, C, T))], axis=2)
+    return attend(layer.rope_at(q, c + T + q_pos), layer.rope_at(keys, jnp.arange(c + 2 * T)),
+                  values, visible)
+
+  def flush(self, layer, state: CompressiveCache, cache: KVCache) -> CompressiveCache:
+    del layer
+    return self._next(state, cache.x, jnp.ones(cache.x.shape[:2], bool))

@@ -1,98 +1,148 @@
-"""The paper's memories behind the segment-memory interface: Infini-attention and local-only.
+"""Infini-attention (Munkhdalai et al. 2024, section 2.1): a compressive memory per layer.
 
-Infini: local causal attention inside the segment, gated with a read of the compressive memory
-of all earlier segments, which is then updated with the segment (infini_jax/memory.py).
-Local: attention inside the segment only, no state (also `full`, whose one segment is the whole
-training length).
+Axis legend: B batch, T segment tokens, N query heads, K key/value heads, G = N / K query heads
+per key/value head, H key dim, V value dim.
+
+Each key/value head keeps an associative matrix M [H, V] and a normaliser z [H]. Per segment s,
+with the segment's own q, k, v (no extra projections) and σ(x) = ELU(x) + 1:
+  A_dot = softmax(RoPE(q) RoPE(k)ᵀ / √H) v, causal, the segment only   `context`
+  A_mem = σ(q) M_{s-1} / (σ(q) z_{s-1}),   no position encoding         eq. 3, `Linear.read`
+  linear: M_s = M_{s-1} + σ(k)ᵀ v                                       eq. 4, `Linear.write`
+  delta:  M_s = M_{s-1} + σ(k)ᵀ (v - σ(k) M_{s-1} / (σ(k) z_{s-1}))     eq. 5, `Delta.write`
+          z_s = z_{s-1} + Σ_t σ(k_t)
+  A     = sigmoid(β) A_mem + (1 - sigmoid(β)) A_dot, one β per head     eq. 6, `common.Gate`
+M_0 = 0 and z_0 = 0 read as exactly 0. The memory math runs in float32 whatever the compute dtype:
+M and z grow with the stream, and 16-bit accumulators overflow on long inputs.
+
+Options beyond the paper (infini_jax/memories/options.py) plug into the parts: `context`
+(xl_cache), `rule` (deltanet), `gate` (query_gate, memory_add) and `options`, whose hooks see
+q and k before σ, each token's write weight, and the memory before the write.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from infini_jax import memory as memlib
-from infini_jax.memories.xl import XL, XLCache
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-
-class InfiniXLState(NamedTuple):
-  """model.xl_cache: the compressive memory and the previous segment's keys and values."""
-
-  memory: memlib.CompressiveMemory
-  cache: XLCache
+from infini_jax.memories.common import Gate, KVCache
 
 
-@dataclasses.dataclass(frozen=True)
-class Infini:
-  K: int
-  H: int
-  rule: str
-  # model.memory_scale: a learned per-key/value-head scale on q and k before σ (see
-  # InfiniAttention.memory_qk); off (the paper's σ(q), σ(k)) by default.
-  scaled: bool = False
-  # model.write_gate: a learned strength per token for each write (InfiniAttention.write_strength).
-  write_gated: bool = False
-  # model.memory_decay: a learned per-head fade of earlier writes (InfiniAttention.decay).
-  decayed: bool = False
-  # model.xl_cache: the local path also attends to the previous segment (Transformer-XL's cache).
-  xl: XL | None = None
-  # model.query_gate: the gate's logit also has a learned term q·w per token (InfiniAttention.mix).
-  query_gated: bool = False
-  # model.memory_add: the gated read is added to the local output, not mixed with it.
-  additive: bool = False
-  gated = True
-
-  @classmethod
-  def of(cls, cfg) -> "Infini":
-    return cls(cfg.num_kv_heads, cfg.head_dim, cfg.rule, scaled=cfg.memory_scale,
-               write_gated=cfg.write_gate, decayed=cfg.memory_decay,
-               xl=XL.of(cfg) if cfg.xl_cache else None, query_gated=cfg.query_gate,
-               additive=cfg.memory_add)
-
-  def init_state(self, batch: int):
-    memory = memlib.init_memory(batch, self.K, self.H, self.H)
-    if self.xl is None:
-      return memory
-    return InfiniXLState(memory, self.xl.init_state(batch))
-
-  def footprint(self) -> int:
-    cache = 0 if self.xl is None else self.xl.footprint()
-    return memlib.state_size(self.K, self.H, self.H) + cache
-
-  def __call__(self, layer, x, q, k, v, state, mask):
-    if self.xl is None:
-      local = layer.local(q, k, v, mask)  # [B, T, N, V] float32
-    else:
-      state, cache = state
-      local, cache = self.xl(layer, x, q, k, v, cache, mask)  # the segment and the one before
-    out, state = self._mix(layer, local, q, k, v, state, mask)
-    return out, (state if self.xl is None else InfiniXLState(state, cache))
-
-  def _mix(self, layer, local, q, k, v, state, mask):
-    """The paper's eq. 6: the memory read gated with the local output, then the write."""
-    mq, mk = layer.memory_qk(q, k)
-    a_mem = memlib.retrieve(state, mq, self.rule)  # no position encoding on the memory path
-    strength = layer.write_strength(k)  # None without model.write_gate
-    state = memlib.update(state, mk, v, self.rule, mask, strength, layer.decay())  # after the read
-    return layer.mix(a_mem, local, q), state
+class CompressiveMemory(NamedTuple):
+  M: jax.Array  # [B, K, H, V] float32
+  z: jax.Array  # [B, K, H] float32
 
 
-@dataclasses.dataclass(frozen=True)
-class Local:
-  gated = False
+class InfiniState(NamedTuple):
+  memory: CompressiveMemory
+  context: Any = None  # the context's state: None for the segment alone, an XLCache with xl_cache
 
-  @classmethod
-  def of(cls, cfg) -> "Local":
-    del cfg
-    return cls()
 
-  def init_state(self, batch: int) -> None:
-    del batch
-    return None
+def sigma(x: jax.Array) -> jax.Array:
+  """ELU + 1 in float32, as exp(x) for x <= 0: `expm1(x) + 1` loses all precision there."""
+  x = x.astype(jnp.float32)
+  return jnp.where(x > 0, x + 1.0, jnp.exp(jnp.minimum(x, 0.0)))
+
+
+def divide(num: jax.Array, den: jax.Array) -> jax.Array:
+  """num / den[..., None], exactly 0 where den == 0 (the empty memory reads as nothing); the
+  double `where` keeps the gradient finite there too."""
+  ok = den > 0
+  return jnp.where(ok[..., None], num / jnp.where(ok, den, 1.0)[..., None], 0.0)
+
+
+class Linear:
+  """The paper's linear rule: features σ, the normalised read (eq. 3), the additive write (4)."""
+
+  features = staticmethod(sigma)
+
+  def flops(self, N: int, K: int, H: int, T: int) -> float:
+    del T  # per token: σ(q)M and σ(q)z; σ(k)ᵀv (z's update is a sum, not a matmul)
+    return 2 * N * H * H + 2 * N * H + 2 * K * H * H
+
+  def read(self, memory: CompressiveMemory, fq: jax.Array) -> jax.Array:
+    """Features fq [B, T, K, G, H] -> [B, T, K, G, V]."""
+    num = jnp.einsum("BTKGH,BKHV->BTKGV", fq, memory.M)
+    den = jnp.einsum("BTKGH,BKH->BTKG", fq, memory.z)
+    return divide(num, den)
+
+  def write(self, memory: CompressiveMemory, fk, v, w) -> CompressiveMemory:
+    """Features fk [B, T, K, H], values v [B, T, K, V], weights w [B, T, K] (0 on padding)."""
+    fk = fk * w[..., None]
+    return CompressiveMemory(memory.M + jnp.einsum("BTKH,BTKV->BKHV", fk, v),
+                             memory.z + jnp.einsum("BTKH->BKH", fk))
+
+
+class Delta(Linear):
+  """eq. 5: write only what the memory does not already return for the key."""
+
+  def flops(self, N: int, K: int, H: int, T: int) -> float:
+    return super().flops(N, K, H, T) + 2 * K * H * H + 2 * K * H
+
+  def write(self, memory, fk, v, w):
+    return super().write(memory, fk, v - self.read(memory, fk[:, :, :, None])[:, :, :, 0], w)
+
+
+class Infini(nnx.Module):
+  """The memory of one attention layer. `layer` (infini_jax/attention.py) gives the local path;
+  q [B, T, N, H], k [B, T, K, H], v [B, T, K, V], mask [B, T] (False on padding)."""
+
+  def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, *, rule, context,
+               gate: Gate, options=()):
+    self.N, self.K, self.H = num_heads, num_kv_heads, head_dim
+    self.rule, self.context, self.gate = rule, context, gate
+    self.options = nnx.List(options)
+
+  def init_state(self, batch: int) -> InfiniState:
+    K, H = self.K, self.H
+    memory = CompressiveMemory(M=jnp.zeros((batch, K, H, H), jnp.float32),
+                               z=jnp.zeros((batch, K, H), jnp.float32))
+    return InfiniState(memory, self.context.init_state(batch))
 
   def footprint(self) -> int:
-    return 0
+    return self.K * (self.H * self.H + self.H) + self.context.footprint()
 
-  def __call__(self, layer, x, q, k, v, state, mask):
-    del x
-    return layer.local(q, k, v, mask), state
+  def flops(self, N: int, T: int) -> tuple[float, float]:
+    keys, extra = self.context.flops(N, T)
+    extra += self.rule.flops(N, self.K, self.H, T)
+    return keys, extra + sum(o.flops(N, self.K, self.H) for o in [*self.options, self.gate])
+
+  def __call__(self, layer, x, q, k, v, state: InfiniState, mask):
+    a_dot, context = self.context(layer, x, q, k, v, state.context, mask)  # [B, T, N, V]
+    a_mem = self.read(state.memory, q)
+    w = jnp.ones(k.shape[:3], jnp.float32) if mask is None else jnp.broadcast_to(
+        mask[:, :, None], k.shape[:3]).astype(jnp.float32)  # [B, T, K]
+    memory = self.write(state.memory, k, v, w, mask)  # after the read: no token reads itself
+    return self.gate(a_mem, a_dot, q), InfiniState(memory, context)
+
+  def read(self, memory: CompressiveMemory, q: jax.Array) -> jax.Array:
+    """eq. 3 for q [B, T, N, H] -> [B, T, N, V]; query head n reads key/value head n // G."""
+    B, T, N, H = q.shape
+    for o in self.options:
+      q = o.query(q)
+    fq = self.rule.features(q).reshape(B, T, self.K, N // self.K, H)
+    return self.rule.read(memory, fq).reshape(B, T, N, -1)
+
+  def write(self, memory, k, v, w, mask) -> CompressiveMemory:
+    """eqs. 4-5 for k [B, T, K, H], v [B, T, K, V], weights w [B, T, K]."""
+    for o in self.options:
+      w = o.weigh(k, w)
+    for o in self.options:
+      k, memory = o.key(k), o.fade(memory, mask)
+    return self.rule.write(memory, self.rule.features(k), v.astype(jnp.float32), w)
+
+  # Decoding: tokens of the current segment read the memory of the completed ones.
+
+  def init_cache(self, batch: int, T: int, dtype) -> KVCache:
+    return self.context.init_cache(batch, T, dtype)
+
+  def extend(self, layer, q, state: InfiniState, cache: KVCache, q_pos):
+    a_dot = self.context.extend(layer, q, state.context, cache, q_pos)
+    return self.gate(self.read(state.memory, q), a_dot, q)
+
+  def flush(self, layer, state: InfiniState, cache: KVCache) -> InfiniState:
+    w = jnp.ones(cache.k.shape[:3], jnp.float32)
+    return InfiniState(self.write(state.memory, cache.k, cache.v, w, None),
+                       self.context.flush(layer, state.context, cache))

@@ -2,28 +2,35 @@
 
 The layer keeps a first-in-first-out store of the keys and values of past segments (M entries per
 key/value head, no gradient into it). Each query retrieves its top-k keys by dot product, attends
-over them with a softmax, and a learned per-head gate mixes that with causal attention inside the
-segment: A = sigmoid(β) A_knn + (1 - sigmoid(β)) A_local. The store is read before the segment is
-appended. Retrieval uses q and k without RoPE (the store has no positions). In a model, one layer
-is kNN-augmented and the others are Transformer-XL layers (model.py). Footprint of this layer:
-(d_key + d_value) · H · M numbers.
+over them with a softmax, and a learned per-head gate mixes that with the layer's attention over
+the segment and, as in Wu et al., the previous segment's Transformer-XL cache:
+A = sigmoid(β) A_knn + (1 - sigmoid(β)) A_xl. The store is read before the segment is appended.
+Retrieval uses q and k without RoPE (the store has no positions). In a model, one layer is
+kNN-augmented and the others are Transformer-XL layers (memories/__init__.py). Footprint of this
+layer: (d_key + d_value) · H · (M + N) numbers, the store and its XL cache.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from infini_jax.memories.common import attend, causal_visible, fifo
+from infini_jax.memories.common import Gate, KVCache, fifo
+from infini_jax.memories.xl import XL, XLCache
 
 
 class KNNStore(NamedTuple):
   k: jax.Array  # [B, M, K, H] oldest first
   v: jax.Array  # [B, M, K, V]
   valid: jax.Array  # [B, M] bool
+
+
+class KNNState(NamedTuple):
+  store: KNNStore
+  xl: XLCache
 
 
 def top_k_read(store: KNNStore, q: jax.Array, k: int) -> jax.Array:
@@ -48,38 +55,44 @@ def top_k_read(store: KNNStore, q: jax.Array, k: int) -> jax.Array:
   return out.reshape(B, T, N, V)
 
 
-@dataclasses.dataclass(frozen=True)
-class Memorizing:
-  M: int  # store entries per key/value head
-  topk: int
-  K: int
-  H: int
-  dtype: str
-  gated = True
+class Memorizing(nnx.Module):
 
-  @classmethod
-  def of(cls, cfg) -> "Memorizing":
-    if cfg.memory_size < 1 or cfg.topk < 1 or cfg.topk > cfg.memory_size:
-      raise ValueError(f"memorizing needs 1 <= model.topk={cfg.topk} <= model.memory_size="
-                       f"{cfg.memory_size}")
-    return cls(cfg.memory_size, cfg.topk, cfg.num_kv_heads, cfg.head_dim, cfg.dtype)
+  def __init__(self, memory_size: int, topk: int, num_heads: int, xl: XL, gate_init: float):
+    self.M, self.topk, self.K, self.H, self.dtype = memory_size, topk, xl.K, xl.H, xl.dtype
+    self.xl = xl  # the segment and the one before, as in the model's other layers
+    self.gate = Gate(num_heads, gate_init)
 
-  def init_state(self, batch: int) -> KNNStore:
-    z = jnp.zeros((batch, self.M, self.K, self.H), jnp.dtype(self.dtype))
-    return KNNStore(k=z, v=z, valid=jnp.zeros((batch, self.M), bool))
+  def init_state(self, batch: int) -> KNNState:
+    z = jnp.zeros((batch, self.M, self.K, self.H), self.dtype)
+    return KNNState(KNNStore(k=z, v=z, valid=jnp.zeros((batch, self.M), bool)),
+                    self.xl.init_state(batch))
 
   def footprint(self) -> int:
-    return 2 * self.H * self.K * self.M
+    return 2 * self.H * self.K * self.M + self.xl.footprint()
 
-  def __call__(self, layer, x, q, k, v, state: KNNStore, mask):
-    del x
-    T = q.shape[1]
+  def flops(self, N: int, T: int) -> tuple[float, float]:
+    keys, _ = self.xl.flops(N, T)  # score the whole store, read the top k
+    return keys, 2 * self.M * N * self.H + 2 * self.topk * N * self.H
+
+  def __call__(self, layer, x, q, k, v, state: KNNState, mask):
+    local, xl = self.xl(layer, x, q, k, v, state.xl, mask)
+    out = self.gate(top_k_read(state.store, q, self.topk), local, q)
     mask = jnp.ones(q.shape[:2], bool) if mask is None else mask
-    pos = jnp.arange(T)
-    local = attend(layer.rope_at(q, pos), layer.rope_at(k, pos), v, causal_visible(pos, pos, mask))
-    g = layer.gate_value()[None, None, :, None]  # [1, 1, N, 1]
-    out = g * top_k_read(state, q, self.topk) + (1.0 - g) * local
-    sg, dt = jax.lax.stop_gradient, jnp.dtype(self.dtype)
-    state = KNNStore(k=fifo(state.k, sg(k).astype(dt)), v=fifo(state.v, sg(v).astype(dt)),
-                     valid=fifo(state.valid, mask))
-    return out, state
+    return out, KNNState(self._append(state.store, k, v, mask), xl)
+
+  def _append(self, store: KNNStore, k, v, mask) -> KNNStore:
+    sg = jax.lax.stop_gradient
+    return KNNStore(k=fifo(store.k, sg(k).astype(self.dtype)),
+                    v=fifo(store.v, sg(v).astype(self.dtype)), valid=fifo(store.valid, mask))
+
+  def init_cache(self, batch: int, T: int, dtype) -> KVCache:
+    return self.xl.init_cache(batch, T, dtype)
+
+  def extend(self, layer, q, state: KNNState, cache: KVCache, q_pos):
+    local = self.xl.extend(layer, q, state.xl, cache, q_pos)
+    return self.gate(top_k_read(state.store, q, self.topk), local, q)
+
+  def flush(self, layer, state: KNNState, cache: KVCache) -> KNNState:
+    mask = jnp.ones(cache.k.shape[:2], bool)
+    return KNNState(self._append(state.store, cache.k, cache.v, mask),
+                    self.xl.flush(layer, state.xl, cache))

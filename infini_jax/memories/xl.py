@@ -9,13 +9,13 @@ before RoPE, so it is rotated again at use. Footprint per layer (paper Table 1):
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from infini_jax.memories.common import attend, causal_visible
+from infini_jax.memories.common import KVCache, attend, causal_visible, segment_visible
 
 
 class XLCache(NamedTuple):
@@ -24,24 +24,22 @@ class XLCache(NamedTuple):
   valid: jax.Array  # [B, T] bool: False before the first segment and on padding
 
 
-@dataclasses.dataclass(frozen=True)
-class XL:
-  T: int  # segment length = cache length
-  K: int
-  H: int
-  dtype: str
-  gated = False
+class XL(nnx.Module):
 
-  @classmethod
-  def of(cls, cfg) -> "XL":
-    return cls(cfg.segment_len, cfg.num_kv_heads, cfg.head_dim, cfg.dtype)
+  def __init__(self, segment_len: int, num_kv_heads: int, head_dim: int, dtype):
+    self.T, self.K, self.H, self.dtype = segment_len, num_kv_heads, head_dim, jnp.dtype(dtype)
 
   def init_state(self, batch: int) -> XLCache:
-    z = jnp.zeros((batch, self.T, self.K, self.H), jnp.dtype(self.dtype))
-    return XLCache(k=z, v=z, valid=jnp.zeros((batch, self.T), bool))
+    shape = (batch, self.T, self.K, self.H)
+    return XLCache(k=jnp.zeros(shape, self.dtype), v=jnp.zeros(shape, self.dtype),
+                   valid=jnp.zeros((batch, self.T), bool))
 
   def footprint(self) -> int:
     return 2 * self.H * self.K * self.T
+
+  def flops(self, N: int, T: int) -> tuple[float, float]:
+    del N
+    return 2 * T, 0.0
 
   def __call__(self, layer, x, q, k, v, state: XLCache, mask):
     del x
@@ -52,5 +50,24 @@ class XL:
     k_pos, q_pos = jnp.arange(2 * T), T + jnp.arange(T)
     visible = causal_visible(q_pos, k_pos, jnp.concatenate([state.valid, mask], axis=1))
     out = attend(layer.rope_at(q, q_pos), layer.rope_at(keys, k_pos), values, visible)
-    dt = jnp.dtype(self.dtype)
-    return out, XLCache(k=k.astype(dt), v=v.astype(dt), valid=mask)
+    return out, XLCache(k=k.astype(self.dtype), v=v.astype(self.dtype), valid=mask)
+
+  def init_cache(self, batch: int, T: int, dtype) -> KVCache:
+    return KVCache.empty(batch, T, self.K, self.H, dtype)
+
+  def extend(self, layer, q, state: XLCache, cache: KVCache, q_pos):
+    """q [B, C, N, H] at positions q_pos [C] of the segment: the previous segment and the
+    segment's cache, as `__call__` sees them -> [B, C, N, V] float32."""
+    T = self.T
+    keys = jnp.concatenate([state.k, cache.k.astype(self.dtype)], axis=1)  # [B, 2T, K, H]
+    values = jnp.concatenate([state.v, cache.v.astype(self.dtype)], axis=1)
+    B, C = q.shape[:2]
+    visible = jnp.concatenate([jnp.broadcast_to(state.valid[:, None, :], (B, C, T)),
+                               jnp.broadcast_to(segment_visible(q_pos, T), (B, C, T))], axis=2)
+    return attend(layer.rope_at(q, T + q_pos), layer.rope_at(keys, jnp.arange(2 * T)), values,
+                  visible)
+
+  def flush(self, layer, state: XLCache, cache: KVCache) -> XLCache:
+    del layer
+    return XLCache(k=cache.k.astype(self.dtype), v=cache.v.astype(self.dtype),
+                   valid=jnp.ones(state.valid.shape, bool))
