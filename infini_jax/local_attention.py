@@ -23,6 +23,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from infini_jax.flash_tpu import pallas_causal_attention
+
 # A finite floor instead of -inf: a fully padded row gives a finite (ignored) output, not NaN.
 # Added to a logit it stays finite (the logit is far below its rounding step) and exp() gives 0.
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -167,4 +169,6 @@ def xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return out.astype(jnp.float32)
 
 
-IMPLEMENTATIONS = {"blocked": blocked_causal_attention, "xla": xla_causal_attention}
+# "pallas": splash attention, a Pallas TPU kernel (flash_tpu.py).
+IMPLEMENTATIONS = {"blocked": blocked_causal_attention, "xla": xla_causal_attention,
+                   "pallas": pallas_causal_attention}
