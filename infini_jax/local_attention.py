@@ -23,6 +23,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from infini_jax.flash_tpu import pallas_causal_attention
+
 # A finite floor instead of -inf: a fully padded row gives a finite (ignored) output, not NaN.
 # Added to a logit it stays finite (the logit is far below its rounding step) and exp() gives 0.
 _NEG = float(jnp.finfo(jnp.float32).min)
@@ -112,25 +114,53 @@ def uses_cudnn(q: jax.Array) -> bool:
           and H <= 128)
 
 
+def cudnn_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                           implementation: str = "cudnn") -> jax.Array:
+  """Causal attention whose padding is given as key lengths, for a mask padded anywhere.
+
+  cuDNN takes padding only as per-row key lengths (a mask must be a full [B, N, T, S] bias, which
+  at 32K tokens is GiBs), and a length means right padding. Masks may pad the middle (RMT's is
+  [True * p, segment mask, True * p]). So the real tokens are first moved, in order, to the front
+  (a stable permutation of q, k, v along T): a real query then sees exactly the real keys that
+  preceded it, through the causal mask alone, and the padding is on the right, where the length
+  cuts it off. RoPE is already applied, so the logits do not depend on the move. The outputs are
+  moved back. Where every row is already right padding (the segment scan's partial last segment,
+  the data windows, the evaluators) the moves are skipped: they are 4 gathers and, backward, 4
+  scatters over [B, T, heads, H]. `implementation` is "cudnn" on a GPU; "xla" runs the same
+  arguments on any backend (tests).
+  q [B, T, N, H], k [B, T, K, H], v [B, T, K, V], mask [B, T] -> [B, T, N, V] in q's dtype.
+  """
+  attend = lambda q, k, v, lengths: jax.nn.dot_product_attention(
+      q, k, v, is_causal=True, key_value_seq_lengths=lengths, implementation=implementation)
+  if mask is None:
+    return attend(q, k, v, None)
+  count = mask.sum(-1)  # [B]
+  lengths = jnp.maximum(count, 1).astype(jnp.int32)  # at least 1: no query without a key
+
+  def moved(q, k, v):
+    order = jnp.argsort(~mask, axis=-1, stable=True)  # [B, T]: real positions first, in order
+    gather = lambda x, idx: jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
+    out = attend(gather(q, order), gather(k, order), gather(v, order), lengths)
+    return gather(out, jnp.argsort(order, axis=-1))  # back to the original positions
+
+  right_padded = jnp.all(mask == (jnp.arange(mask.shape[1]) < count[:, None]))
+  return jax.lax.cond(right_padded, lambda q, k, v: attend(q, k, v, lengths), moved, q, k, v)
+
+
 def xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                          mask: jax.Array | None) -> jax.Array:
   """`blocked_causal_attention` through jax.nn.dot_product_attention: same shapes and outputs.
 
   q [B, T, N, H], k [B, S, K, H], v [B, S, K, V] (V = H), mask [B, S] -> [B, T, N, V] float32.
-  cuDNN takes padding only as per-row lengths (a mask would have to be a full [T, S] bias), so
-  there the key mask is read as right padding, its count of True: what the segment scan (a
-  partial last segment), the data windows and the evaluators produce. XLA's path takes the
-  mask as it is. Rows of padded queries differ between paths; every caller ignores them.
+  On a GPU in 16 bits, cuDNN (`cudnn_causal_attention`: the padding wherever it lies, moved to
+  the right); elsewhere XLA's path with the mask as it is. Rows of padded queries differ
+  between paths; every caller ignores them.
   """
   k, v = k.astype(q.dtype), v.astype(q.dtype)
   out = None
   if uses_cudnn(q):
-    lengths = None
-    if mask is not None:  # at least 1: a query row with no key would be undefined
-      lengths = jnp.maximum(mask.sum(-1), 1).astype(jnp.int32)  # [B]
     try:  # cuDNN's own checks run here, at trace time: its version, the GPU, the shapes
-      out = jax.nn.dot_product_attention(q, k, v, is_causal=True, key_value_seq_lengths=lengths,
-                                         implementation="cudnn")
+      out = cudnn_causal_attention(q, k, v, mask)
     except (NotImplementedError, RuntimeError, ValueError) as e:
       warnings.warn(f"cuDNN flash attention is not available here ({e}); using XLA's attention")
   if out is None:
@@ -139,4 +169,6 @@ def xla_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return out.astype(jnp.float32)
 
 
-IMPLEMENTATIONS = {"blocked": blocked_causal_attention, "xla": xla_causal_attention}
+# "pallas": splash attention, a Pallas TPU kernel (flash_tpu.py).
+IMPLEMENTATIONS = {"blocked": blocked_causal_attention, "xla": xla_causal_attention,
+                   "pallas": pallas_causal_attention}

@@ -113,6 +113,11 @@ def use_rules(rules: dict[str, Any]):
     _active_rules = previous
 
 
+def active_rules() -> dict[str, Any] | None:
+  """The rules of the innermost `use_rules`, or None outside it."""
+  return _active_rules
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Pins an activation's sharding by logical names; a no-op outside `use_rules` and a mesh."""
   if _active_rules is None or jax.sharding.get_abstract_mesh().empty:

@@ -77,3 +77,39 @@ def test_padding_is_not_attended():
   np.testing.assert_allclose(y[:, :4], y2[:, :4], rtol=1e-6)
   np.testing.assert_array_equal(state.memory.M, state2.memory.M)
   assert bool(jnp.isfinite(y2).all())
+
+
+def test_cudnn_arguments_honour_a_mask_padded_in_the_middle():
+  """attention_impl "xla" on a GPU gives cuDNN the padding as key lengths. RMT's mask pads the
+  middle ([True * p, segment mask, True * p]): read as a length it lets the write tokens attend
+  to padding. The cuDNN call's arguments, run through XLA's path (same semantics, any backend),
+  must give the masked result on every real row, with its gradients."""
+  from infini_jax.local_attention import blocked_causal_attention, cudnn_causal_attention
+
+  B, T, N, K, H, p = 2, 32, 4, 2, 8, 4
+  kq, kk, kv = jax.random.split(jax.random.key(5), 3)
+  q, k, v = (jax.random.normal(s, (B, T, n, H)) for s, n in ((kq, N), (kk, K), (kv, K)))
+  pos = jnp.arange(T)
+  mask = jnp.stack([(pos < p + 10) | (pos >= T - p), pos < 20])  # middle padding; right padding
+  real = mask[:, :, None, None]
+  want = blocked_causal_attention(q, k, v, mask)
+
+  lengths = mask.sum(-1).astype(jnp.int32)  # the arguments before: padding read as a length
+  before = jax.nn.dot_product_attention(q, k, v, is_causal=True, key_value_seq_lengths=lengths)
+  err_before = float(jnp.abs(jnp.where(real, before - want, 0)).max())
+  got = cudnn_causal_attention(q, k, v, mask, implementation="xla")
+  err = float(jnp.abs(jnp.where(real, got - want, 0)).max())
+  print(f"max difference on real rows: lengths {err_before:.3f}, cuDNN arguments {err:.1e}")
+  assert err_before > 0.1 and err < 1e-5
+  right = jnp.stack([pos < 20, pos < T])  # right padding only: the lengths alone, no move
+  np.testing.assert_allclose(
+      np.where(right[:, :, None, None], cudnn_causal_attention(q, k, v, right, "xla"), 0),
+      np.where(right[:, :, None, None], blocked_causal_attention(q, k, v, right), 0), atol=1e-5)
+
+  w = jax.random.normal(jax.random.key(6), q.shape)
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.where(real, f(q, k, v, mask) * w, 0.0))
+  via_cudnn_args = lambda *a: cudnn_causal_attention(*a, implementation="xla")
+  g_got = jax.grad(loss(via_cudnn_args), (0, 1, 2))(q, k, v)
+  g_want = jax.grad(loss(blocked_causal_attention), (0, 1, 2))(q, k, v)
+  for a, b in zip(g_got, g_want):
+    np.testing.assert_allclose(a, b, atol=1e-5)
