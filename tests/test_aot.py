@@ -2,6 +2,7 @@
 compiled for a v5e:2x2 slice fits a bound from its shapes, the dry run's bytes are the compiled
 program's, the collectives say how gradients are reduced, and bad input is refused in one line."""
 
+import json
 import math
 import os
 import re
@@ -186,3 +187,34 @@ def test_refuses_an_unknown_topology_in_one_line():
   for name in ("v5e:9x9", "v5e"):  # a slice libtpu cannot lay out; not a slice name at all
     with pytest.raises(ValueError, match=f"unknown TPU topology '{name}'.*v5e:2x2, v5e:4x4"):
       aot.topology(name)
+
+
+def test_out_of_memory_is_read_from_xla_message():
+  # libtpu's words when a step does not fit (seen compiling the 1B recipe for v5e:4x4).
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (33.69G) exceeds available HBM (15.75G).")
+  assert aot._needed(message) == (int(33.69 * 2**30), int(15.75 * 2**30))
+  assert aot._needed("INTERNAL: something else") is None
+
+
+def test_readme_table_from_reports(compiled, tmp_path):
+  _, report, _ = compiled[(1, 2, 2)]
+  reports = tmp_path / "aot"
+  reports.mkdir()
+  recipe, slice_ = aot.RECIPES[1]
+  big = dict(report, recipe=recipe, topology=slice_, fits=False, total_bytes=int(33.7 * 2**30),
+             compile_s=499.0)
+  for r in (dict(report, recipe="tiny"), big):
+    (reports / (aot.report_name(r["recipe"], r["topology"]) + ".json")).write_text(json.dumps(r))
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# title\n\n{aot.BEGIN}\nold\n{aot.END}\n\nafter\n")
+  aot.update_readme(str(readme), str(reports))
+  text = readme.read_text()
+  assert "old" not in text and text.startswith("# title") and text.endswith("after\n")
+  rows = text.split(aot.BEGIN)[1].split(aot.END)[0].strip().splitlines()
+  assert len(rows) == 4  # header, rule, then the paper recipe before anything else
+  assert rows[2].startswith(f"| `{recipe}` | `{slice_}` | 1, 2, 2 | does not fit: needs 33.70 GiB")
+  assert rows[3].startswith("| `tiny` | `v5e:2x2` | 1, 2, 2 | 0.00 GiB (0%) | 15.75 GiB |")
+  readme.write_text("no markers\n")
+  with pytest.raises(ValueError, match="no <!-- aot:begin --> ... <!-- aot:end --> markers"):
+    aot.update_readme(str(readme), str(reports))
