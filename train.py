@@ -42,7 +42,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   if _TOPOLOGY.value and not _DRY_RUN.value:
-    raise app.UsageError("--topology compiles for a TPU slice without training: add --dry_run")
+    sys.exit("error: --topology compiles the step for a TPU slice without training: add --dry_run")
   if _DRY_RUN.value and _TOPOLOGY.value:
     sys.exit(aot.check(_CONFIG.value, _TOPOLOGY.value, aot.recipe_name(flags.FLAGS["config"])))
   if _DRY_RUN.value:

@@ -73,14 +73,14 @@ def _libtpu_installed() -> bool:
 
 def topology(name: str):
   """The abstract TPU slice `name` (e.g. "v5e:8x8"): its `.devices` have kind and coordinates."""
+  if not re.fullmatch(r"v[0-9][a-z]*:[0-9]+(x[0-9]+){1,2}", name):
+    raise ValueError(f"unknown TPU topology {name!r}; use a name such as {', '.join(TOPOLOGIES)}")
   if not _libtpu_installed():
     raise ValueError(f"compiling for a TPU slice needs libtpu, which is not installed: "
                      f"{install_hint()}")
   # Compiling only: several processes may load libtpu at once (it is otherwise locked to one).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # noqa: PLC0415 (loads the TPU plugin on demand)
-  if not re.fullmatch(r"v[0-9][a-z]*:[0-9]+(x[0-9]+){1,2}", name):
-    raise ValueError(f"unknown TPU topology {name!r}; use a name such as {', '.join(TOPOLOGIES)}")
   try:
     with _quiet_stderr():  # libtpu warns that this machine is no TPU VM: true, and harmless here
       return topologies.get_topology_desc(topology_name=name, platform="tpu")
@@ -129,10 +129,6 @@ def _needed(message: str) -> tuple[int, int | None] | None:
   m = re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", message)
   if m:
     return _size(*m.group(1, 2)), _size(*m.group(3, 4))
-  if "RESOURCE_EXHAUSTED" in message:
-    m = re.search(r"([\d.]+)([KMGT])(?:B|iB)?\b", message)
-    if m:
-      return _size(*m.group(1, 2)), None
   return None
 
 
@@ -229,12 +225,12 @@ def compile_step(config, topology_name: str):
     try:
       compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001
-      need = _needed(str(e))
-      if need is None or "RESOURCE_EXHAUSTED" not in str(e):
+      if "RESOURCE_EXHAUSTED" not in str(e):
         raise
-      report.update(compile_s=time.perf_counter() - start, fits=False, total_bytes=need[0])
-      if need[1]:
-        report["usable_hbm_bytes"] = need[1]
+      need, capacity = _needed(str(e)) or (None, None)  # None: a wording this does not know
+      report.update(compile_s=time.perf_counter() - start, fits=False, total_bytes=need,
+                    xla_error=str(e).strip().splitlines()[0][:300])
+      report["usable_hbm_bytes"] = capacity or report["usable_hbm_bytes"]
       return report, None
   report["compile_s"] = time.perf_counter() - start
   mem = compiled.memory_analysis()
@@ -269,7 +265,8 @@ def summary(report: dict) -> str:
           f"), batch {report['batch_size']} x {report['seq_len']} tokens; "
           f"compiled in {report['compile_s']:.1f} s")
   if not report["fits"]:
-    return f"{head}\n  does not fit: needs {_gib(report['total_bytes'])} of {_gib(capacity)} per chip"
+    line = f"{head}\n  does not fit: needs {_gib(report['total_bytes'])} of {_gib(capacity)} per chip"
+    return line if report["total_bytes"] else f"{line}\n  XLA: {report.get('xla_error')}"
   lines = [head, "  per chip:"]
   for k in ("argument", "output", "alias", "temp"):
     lines.append(f"    {k:<12}{_size_text(report[f'{k}_bytes']):>14}")
@@ -365,7 +362,7 @@ def check(config, topology_name: str, recipe: str = "", out: str = "") -> int:
 
 
 def _main():
-  from absl import app, flags  # noqa: PLC0415
+  from absl import app, flags, logging  # noqa: PLC0415
   from ml_collections import config_flags  # noqa: PLC0415
 
   # Defined here, not at import: train.py imports this module and has flags of its own.
@@ -382,6 +379,7 @@ def _main():
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # jax logs at INFO that this machine has no TPU
     if recipes.value:
       print("\n".join(f"{c} {t}" for c, t in RECIPES))
     elif tab.value:
