@@ -145,10 +145,13 @@ def arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
 def collectives(hlo: str) -> list[dict]:
   """Every collective in the optimized HLO as {op, form, arrays}: form "sync", "start" or "done".
 
-  Asynchronous collectives appear either as `all-gather-start`/`-done` pairs, as a generic
-  `async-start` wrapping the op, or (libtpu) as `async-collective-start` fusions whose computation
-  holds the op: the op inside such a wrapper counts as a start. A collective inside a loop body is
-  counted once (these are counts in the program text, not executions).
+  Asynchronous collectives appear as `all-gather-start`/`-done` pairs, as a generic `async-start`
+  wrapping the op, or, in libtpu's HLO, as an op inside an `async-collective-start` fusion or an
+  `async_collective_fusion` computation (the collective overlapped with the compute fused with
+  it): each counts as a start. libtpu writes a reduce-scatter as an all-reduce fused with the
+  slice each chip keeps, in a computation named `all-reduce-scatter`: that counts as a
+  reduce-scatter. A collective inside a loop body is counted once (counts in the program text,
+  not executions).
   """
   comps, current = {}, None
   for line in hlo.splitlines():
@@ -172,7 +175,10 @@ def collectives(hlo: str) -> list[dict]:
       op = next((c for c in COLLECTIVES if opcode in (c, c + "-start", c + "-done")), None)
       if op is None:
         continue
-      form = opcode[len(op) + 1:] or ("start" if comp in wrapped else "sync")
+      if op == "all-reduce" and comp.startswith("all-reduce-scatter"):
+        op, opcode = "reduce-scatter", opcode.replace("all-reduce", "reduce-scatter")
+      asynchronous = comp in wrapped or comp.startswith("async_collective_fusion")
+      form = opcode[len(op) + 1:] or ("start" if asynchronous else "sync")
       found.append(dict(op=op, form=form, arrays=arrays(shape)))
   return found
 
