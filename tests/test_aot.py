@@ -14,8 +14,10 @@ import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import AbstractMesh, AxisType
 
 from infini_jax import aot, dry_run, optim
+from infini_jax import state as statelib
 from infini_jax import config as configlib
 from infini_jax import sharding as sh
 from infini_jax.model import InfiniTransformer
@@ -77,33 +79,42 @@ def test_dry_run_bytes_are_the_compiled_arguments(compiled):
   assert sum(tiled_bytes(*p) for p in params) == report["argument_bytes"]
 
 
-def abstract_params(config):
-  """[(shape, logical axis names)] of the model's parameters, and the optimizer state's leaves."""
-  cfg = configlib.model_config(config)
-  model = nnx.eval_shape(lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+def state_shards(config):
+  """The per-chip shape of every array of the train state (parameters, optimizer state, step)
+  under the config's mesh and rules, from shapes alone."""
+  mesh = AbstractMesh(tuple(config.mesh[a] for a in sh.MESH_AXES), sh.MESH_AXES,
+                      axis_types=(AxisType.Auto,) * 3)
+  model = nnx.eval_shape(lambda: InfiniTransformer(configlib.model_config(config),
+                                                   rngs=nnx.Rngs(0)))
   variables = nnx.split(model)[1]
-  params = [(v.shape, v.get_metadata().get("out_sharding") or (None,) * len(v.shape))
-            for _, v in nnx.to_flat_state(variables)]
+  params = nnx.to_pure_dict(variables)
+  param_sh = sh.param_shardings(variables, mesh, sh.check_rules(config.sharding_rules))
   tx, _ = optim.make(config.optimizer, config.train.steps)
-  opt = jax.tree.leaves(jax.eval_shape(tx.init, nnx.to_pure_dict(variables)))
-  return params, opt
+  opt = jax.eval_shape(tx.init, params)
+  opt_sh = statelib.opt_state_shardings(opt, params, param_sh, mesh)
+  return [d.shard_shape(x.shape) for x, d in zip(
+      jax.tree.leaves((params, opt)), jax.tree.leaves((param_sh, opt_sh)))] + [()]
+
+
+def tile_bound(shape):
+  """Bytes an array of 4-byte (or smaller) elements can take in TPU memory, whatever its layout:
+  its two minor dimensions padded to an (8, 128) tile, the worst pair of dimensions taken as
+  minor; a scalar or vector fills at most one 1024-element tile row."""
+  if len(shape) < 2:
+    return 4 * (math.prod(shape) + 1023)
+  return max(4 * math.prod(shape) // (shape[i] * shape[j]) * (shape[i] + 7) * (shape[j] + 127)
+             for i in range(len(shape)) for j in range(len(shape)) if i != j)
 
 
 def test_tiny_model_fits_a_bound_from_its_shapes(compiled):
   config, report, _ = compiled[(1, 2, 2)]
   cfg = configlib.model_config(config)
-  r = dry_run.estimate(config, cfg, device_count=4)
   assert report["fits"] and report["chips"] == 4 and report["device_kind"] == "TPU v5 lite"
   assert report["usable_hbm_bytes"] == int(15.75 * 2**30)  # what libtpu says a v5e chip offers
-  # Arguments: the state's shards (exact, from shapes) and the batch's, each array padded by at
-  # most one whole TPU tile (8 x 128 x 4 bytes) in each of its leading rows of tiles.
-  params, opt = abstract_params(config)
-  arrays = len(params) + len(opt) + 1 + 4  # parameters, optimizer state, step, batch
+  # Arguments: every array of the state and the batch (four [8 / fsdp 2, seq_len] arrays), each
+  # at most as large as its TPU tiles.
   B, T, S = 8 // 2, cfg.segment_len, config.seq_len // cfg.segment_len
-  batch = B * config.seq_len * (4 + 4 + 1 + 4)
-  tile = 8 * 128 * 4
-  args_bound = r["param_bytes"] + r["optimizer_bytes"] + batch + arrays * tile * max(
-      [math.prod(s[:-1]) for s, _ in params] + [B])
+  args_bound = sum(map(tile_bound, state_shards(config))) + 4 * tile_bound((B, config.seq_len))
   assert report["argument_bytes"] <= args_bound
   # Activations, generous: XLA keeps at most every layer's input for the whole sequence and,
   # within one segment, every layer's forward (q, k, v, attention output and [N, T, T] scores, the
@@ -112,10 +123,18 @@ def test_tiny_model_fits_a_bound_from_its_shapes(compiled):
   D, F, N, H, V, L = (cfg.d_model, cfg.mlp_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size,
                       cfg.num_layers)
   acts = 4 * B * (S * T * L * D + T * L * (8 * D + 4 * N * H + 3 * F + N * T) + 3 * T * V)
-  grads = 4 * r["parameters"]
+  grads = 4 * dry_run.estimate(config, cfg, device_count=4)["parameters"]
   assert report["temp_bytes"] <= 2 * (acts + grads)
   # The state goes in and comes out (donated: aliased, counted once).
   assert report["total_bytes"] <= args_bound + 2 * (acts + grads)
+
+
+def abstract_params(config):
+  """[(shape, logical axis names)] of the model's parameters."""
+  model = nnx.eval_shape(lambda: InfiniTransformer(configlib.model_config(config),
+                                                   rngs=nnx.Rngs(0)))
+  return [(v.shape, v.get_metadata().get("out_sharding") or (None,) * len(v.shape))
+          for _, v in nnx.to_flat_state(nnx.split(model)[1])]
 
 
 def test_counts_of_each_collective_in_each_form(compiled):
@@ -137,7 +156,7 @@ def full_size_all_reduces(config, hlo):
   these; pure data parallelism all-reduces every gradient whole."""
   rules = sh.check_rules(config.sharding_rules)
   sizes = set()
-  for shape, names in abstract_params(config)[0]:
+  for shape, names in abstract_params(config):
     if len(shape) < 2:
       continue  # norm scales and gates: a few numbers each
     split = [config.mesh.tensor if "tensor" in np.atleast_1d(axes if axes else []) else 1
