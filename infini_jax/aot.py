@@ -34,7 +34,7 @@ from infini_jax import config as configlib
 from infini_jax import sharding as sh
 from infini_jax import state as statelib
 
-# Slice names that compiled with libtpu 0.0.42.1 (docs: STACK_NOTES.md); others libtpu knows work too.
+# Slice names that compiled with libtpu 0.0.42.1 (STACK_NOTES.md); others that libtpu knows work.
 TOPOLOGIES = ("v5e:2x2", "v5e:4x4", "v5e:8x8", "v5e:16x16", "v5p:2x2x4", "v5p:4x4x4", "v4:4x4x4",
               "v6e:8x8")
 
@@ -266,19 +266,20 @@ def _size_text(b) -> str:
 def summary(report: dict) -> str:
   """The report as a few readable lines."""
   capacity = report.get("usable_hbm_bytes") or report.get("hbm_bytes")
-  head = (f"{report['model']} on {report['topology']} ({report['chips']} x {report['device_kind']}, "
-          f"mesh " + " ".join(f"{k}={v}" for k, v in report["mesh"].items()) +
-          f"), batch {report['batch_size']} x {report['seq_len']} tokens; "
-          f"compiled in {report['compile_s']:.1f} s")
+  mesh = " ".join(f"{k}={v}" for k, v in report["mesh"].items())
+  head = (f"{report['model']} on {report['topology']} ({report['chips']} x "
+          f"{report['device_kind']}, mesh {mesh}), batch {report['batch_size']} x "
+          f"{report['seq_len']} tokens; compiled in {report['compile_s']:.1f} s")
   if not report["fits"]:
-    line = f"{head}\n  does not fit: needs {_gib(report['total_bytes'])} of {_gib(capacity)} per chip"
+    line = (f"{head}\n  does not fit: needs {_gib(report['total_bytes'])} of {_gib(capacity)} "
+            "per chip")
     return line if report["total_bytes"] else f"{line}\n  XLA: {report.get('xla_error')}"
   lines = [head, "  per chip:"]
   for k in ("argument", "output", "alias", "temp"):
     lines.append(f"    {k:<12}{_size_text(report[f'{k}_bytes']):>14}")
   share = "" if not capacity else f"  ({100 * report['total_bytes'] / capacity:.0f}%)"
-  lines.append(f"    {'total':<12}{_size_text(report['total_bytes']):>14} of {_gib(capacity)} usable HBM "
-               f"({_gib(report['hbm_bytes'])} published){share}")
+  lines.append(f"    {'total':<12}{_size_text(report['total_bytes']):>14} of {_gib(capacity)} "
+               f"usable HBM ({_gib(report['hbm_bytes'])} published){share}")
   # XLA's cost analysis counts a loop's body once (the segment scan, the micro-batch scan).
   lines.append(f"  FLOPs per chip: XLA {report['xla_flops_per_chip']:.3e} (loop bodies once), "
                f"model {report['model_flops_per_chip']:.3e} (the whole step)")

@@ -29,8 +29,9 @@ def test_wheel_installs_every_module(tmp_path):
   env_dir = tmp_path / "venv"
   venv.create(env_dir, with_pip=False)
   python = env_dir / "bin" / "python"
-  site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                        check=True, capture_output=True, text=True).stdout.strip()
+  site = subprocess.run(
+      [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+      check=True, capture_output=True, text=True).stdout.strip()
   (pathlib.Path(site) / "deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
   subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
                   "--no-deps", str(wheel)], check=True, capture_output=True, timeout=120)
