@@ -199,11 +199,13 @@ def test_refuses_when_libtpu_is_missing(monkeypatch, capsys):
 find_spec = aot.importlib.util.find_spec
 
 
-def test_refuses_an_unknown_topology_in_one_line():
+@pytest.mark.parametrize("command", [["-m", "infini_jax.aot"],
+                                     ["train.py", "--workdir=unused", "--dry_run"]])
+def test_refuses_an_unknown_topology_in_one_line(command):
   # As a user runs it: one line on stderr, no traceback, and libtpu's own warnings silenced.
   proc = subprocess.run(
-      [sys.executable, "-m", "infini_jax.aot", "--config=configs/demo.py:runlocal",
-       "--topology=v9x:1x1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+      [sys.executable, *command, "--config=configs/demo.py:runlocal", "--topology=v9x:1x1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and proc.stdout == ""
   assert proc.stderr.startswith("error: unknown TPU topology 'v9x:1x1'")
   assert proc.stderr.count("\n") == 1 and "v5e:8x8" in proc.stderr
