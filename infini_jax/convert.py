@@ -57,7 +57,11 @@ import numpy as np
 from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
-from safetensors import safe_open
+try:
+  from safetensors import safe_open
+except ImportError:  # a runtime requirement, but `pip install .` with --no-deps leaves it out
+  raise ImportError("the converter reads Hugging Face checkpoints with the safetensors package: "
+                    "pip install -r requirements.txt (or: pip install safetensors)") from None
 
 from configs import models
 from infini_jax import config as configlib

@@ -16,7 +16,6 @@ import math
 from typing import Any, Iterable, Sequence
 
 import jax
-import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH = "batch"
@@ -144,11 +143,3 @@ def batch_sharding(mesh: Mesh, rules: dict[str, Any], global_batch: int) -> Name
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
-
-def per_device_bytes(shapes, shardings) -> int:
-  """Bytes one device holds of a pytree of ShapeDtypeStructs under matching NamedShardings."""
-  total = 0
-  for s, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
-    local = sh.shard_shape(s.shape) if s.shape else ()
-    total += int(np.prod(local, dtype=np.int64)) * np.dtype(s.dtype).itemsize
-  return total
