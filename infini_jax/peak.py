@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 # Dense (no structured sparsity) bfloat16 peak per chip, FLOP/s, keyed by jax's `device_kind`.
-# TPUs: the exact `device_kind` strings (v5e reports "TPU v5 lite", v5p "TPU v5", v6e "TPU v6 lite").
+# TPUs: the exact `device_kind` strings (v5e reports "TPU v5 lite", v5p "TPU v5",
+# v6e "TPU v6 lite").
 TPU_PEAKS = {
     "TPU v4": 275e12,  # cloud.google.com/tpu/docs/v4: peak compute per chip (bf16) 275 TFLOPs
     "TPU v5 lite": 197e12,  # cloud.google.com/tpu/docs/v5e: peak compute per chip (bf16) 197
@@ -108,5 +109,5 @@ def job_peak() -> float:
 
 
 def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float:
-  """Model-FLOPs utilisation: achieved model FLOP/s over the peak (one formula for log and bench)."""
+  """Model-FLOPs utilisation: achieved model FLOP/s over the peak (the log's and the bench's)."""
   return tokens_per_s * flops_per_token / peak_flops

@@ -1,4 +1,4 @@
-"""One MFU: the training log's figure is the benchmark's for the same step time, against one peak."""
+"""One MFU: the training log's figure is the benchmark's for the same step time and peak."""
 
 import types
 
