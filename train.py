@@ -49,6 +49,10 @@ def main(argv):
     model_cfg = configlib.model_config(_CONFIG.value)
     dry_run.report(_CONFIG.value, model_cfg, _DRY_RUN_DEVICES.value or jax.device_count())
     return
+  try:  # the settings on their own, before any process or device is set up: one line, no trace
+    configlib.validate(_CONFIG.value)
+  except ValueError as e:
+    sys.exit(f"train.py: error: {e}")
   if _COORDINATOR.value:
     # CPU hosts need a collectives backend; accelerators bring their own.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

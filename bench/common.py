@@ -1,8 +1,10 @@
-"""Shared measuring tools for the benchmarks: a matmul peak, timing, compiled memory, output.
+"""Shared measuring tools for the benchmarks: the peak around a timed section, timing, compiled
+memory, output.
 
 These machines are shared and noisy: every comparison is timed side by side in one process
 (`interleaved`: round-robin, best of each), and a peak used for MFU is measured right before and
-right after the timed section (`Bracket`), reporting both.
+right after the timed section (`Bracket`), reporting both. The peak itself is the library's
+(infini_jax/peak.py: PeakProbe on CPU), the one the training log divides by.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+
+from infini_jax import peak as peaklib
+from infini_jax.peak import PeakProbe, timed as _timed
 
 # glibc malloc settings that keep freed large buffers mapped, so a step's big temporaries are not
 # fresh (page-faulting) mmaps every time. MALLOC_ARENA_MAX=1 is the one that makes the others
@@ -40,35 +44,14 @@ def time_call(fn: Callable, *args, repeats: int = 3) -> float:
   return best
 
 
-def matmul_peak_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-  """XLA's float32 matmul throughput on this machine (FLOP/s): the denominator of MFU."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-  reps = 8
-  f = jax.jit(lambda a, b: sum(jnp.dot(a + i, b) for i in range(reps)))
-  return reps * 2 * n ** 3 / time_call(f, a, b, repeats=repeats)
-
-
-class PeakProbe:
-  """A quick matmul peak (about half a second): 4 products of 2048 x 2048, best of 2 calls,
-  compiled once, so that it can be measured between every two timed steps."""
-
-  def __init__(self, n: int = 2048, dtype=jnp.float32):
-    self.flops = 4 * 2 * n ** 3
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    f = jax.jit(lambda a, b: sum(jnp.dot(a + i, b) for i in range(4)))
-    self._run = lambda: f(a, b)
-    jax.block_until_ready(self._run())
-
-  def __call__(self) -> float:
-    return self.flops / min(_timed(self._run) for _ in range(2))
-
-
-def _timed(fn: Callable) -> float:
-  start = time.perf_counter()
-  jax.block_until_ready(fn())
-  return time.perf_counter() - start
+def peak_probe() -> Callable[[], float]:
+  """The peak as infini_jax.peak defines it for the default device, as a callable: on CPU the
+  matmul probe (measured again at each call), on TPU and GPU the chip's published bf16 peak."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    return PeakProbe()
+  published = peaklib.chip_peak(device.device_kind)
+  return lambda: published
 
 
 @dataclasses.dataclass
@@ -80,7 +63,7 @@ class Bracket:
   after: float = 0.0
 
   def __enter__(self):
-    self._probe = PeakProbe()
+    self._probe = peak_probe()
     self.before = self._probe()
     return self
 
@@ -109,7 +92,7 @@ def bracketed(runs: dict[str, Callable[[], object]], rounds: int = 3) -> dict[st
   the two, `peak_spread` their difference relative to it), and `best_peak_flops`, the highest
   peak seen during the whole measurement (the conservative denominator). Warm up first.
   """
-  probe = PeakProbe()
+  probe = peak_probe()
   samples = {name: [] for name in runs}
   peaks = [probe()]
   for _ in range(rounds):

@@ -24,10 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from bench import common
+from infini_jax import peak as peaklib
 
-# Dense bfloat16 tensor-core peaks (NVIDIA data sheets), FLOP/s, by device_kind substring.
-CHIP_PEAKS = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("GH200", 989e12),
-              ("A100", 312e12))
 TARGET = 0.4
 # The 1b preset shrunk to compile and run in seconds on a CPU: same code path, same dtypes.
 SMOKE = dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -35,7 +33,11 @@ SMOKE = dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads
 
 
 def chip_peak(kind: str) -> float | None:
-  return next((peak for name, peak in CHIP_PEAKS if name.lower() in kind.lower()), None)
+  """The chip's dense bf16 peak from the library's table (infini_jax/peak.py), None if unknown."""
+  try:
+    return peaklib.chip_peak(kind)
+  except ValueError:
+    return None
 
 
 def check_cudnn(seed: int = 0) -> dict:
@@ -115,7 +117,7 @@ def main(argv=None):
 
   flops = 3 * cfg.flops_per_token() * step.tokens
   peak = None if args.smoke else chip_peak(device.device_kind)
-  measured = common.matmul_peak_flops(n=512 if args.smoke else 8192, dtype=jnp.bfloat16)
+  measured = peaklib.PeakProbe(n=512 if args.smoke else 8192, dtype=jnp.bfloat16)()
   result = dict(
       preset="1b", smoke=args.smoke, device_kind=device.device_kind, seq_len=args.seq_len,
       batch=args.batch, segment_len=cfg.segment_len, dtype=cfg.dtype,

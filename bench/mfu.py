@@ -1,4 +1,5 @@
-"""Model-FLOPs utilisation of the training step against XLA's matmul peak, measured alongside.
+"""Model-FLOPs utilisation of the training step against the training log's peak (on CPU, XLA's
+matmul peak, measured alongside).
 
 Workloads:
   demo        the demo experiment's training step (configs/demo.py: batch 8 x 512 tokens, segment
@@ -24,11 +25,13 @@ tests/test_flops.py holds both to the matmuls the code runs, counted in its jaxp
 training = 3 x forward. Rematerialisation's recomputed forward is not counted (MFU, not HFU): with
 remat `full` the hardware runs 4 x forward, so HFU = 4/3 MFU.
 
-The peak is XLA's float32 matmul throughput (common.PeakProbe: 2048 x 2048 products), measured
-between every two timed steps; the workloads are timed round-robin (common.bracketed). For each,
-the best step and the peaks right before and after it: MFU uses the higher of the two, and their
-spread is reported (on a shared machine it says how far to trust the figure). Also reported:
-MFU against the highest peak seen during the whole run (conservative). Target: MFU >= 60%.
+The peak is the one the training log divides by (infini_jax/peak.py): on CPU, XLA's float32
+matmul throughput (PeakProbe: 2048 x 2048 products), measured between every two timed steps; on
+TPU and GPU, the chip's published dense bf16 peak. MFU is infini_jax.peak.mfu, the log's formula.
+The workloads are timed round-robin (common.bracketed). For each, the best step and the peaks
+right before and after it: MFU uses the higher of the two, and their spread is reported (on a
+shared machine it says how far to trust the figure). Also reported: MFU against the highest peak
+seen during the whole run (conservative). Target: MFU >= 60%.
 
   python -m bench.mfu                # writes bench/out/mfu.json and mfu.png
 """
@@ -46,6 +49,7 @@ from bench import common
 from bench import layer as layerbench
 from bench import skeleton
 from configs import models
+from infini_jax import peak as peaklib
 from infini_jax.model import MLP
 
 TARGET = 0.6
@@ -119,14 +123,19 @@ def measure(names, rounds: int) -> list[dict]:
     jax.block_until_ready(fn())
     built[name] = (fn, tokens, flops_per_token)
   timings = common.bracketed({name: b[0] for name, b in built.items()}, rounds)
-  rows = []
-  for name, (fn, tokens, flops_per_token) in built.items():
-    t = timings[name]
-    achieved = tokens * flops_per_token / t["step_s"]
-    rows.append(dict(name=name, tokens_per_s=tokens / t["step_s"], train_flops_per_token=
-                     flops_per_token, achieved_flops=achieved, mfu=achieved / t["peak_flops"],
-                     conservative_mfu=achieved / t["best_peak_flops"], **t))
-  return rows
+  return [row(name, tokens, flops_per_token, timings[name])
+          for name, (_, tokens, flops_per_token) in built.items()]
+
+
+def row(name: str, tokens: int, flops_per_token: float, timing: dict) -> dict:
+  """One workload's figures from its common.bracketed timing: MFU as the training log takes it
+  (infini_jax.peak.mfu), against the peak around its best step and the run's best peak."""
+  tokens_per_s = tokens / timing["step_s"]
+  return dict(name=name, tokens_per_s=tokens_per_s, train_flops_per_token=flops_per_token,
+              achieved_flops=tokens_per_s * flops_per_token,
+              mfu=peaklib.mfu(tokens_per_s, flops_per_token, timing["peak_flops"]),
+              conservative_mfu=peaklib.mfu(tokens_per_s, flops_per_token,
+                                           timing["best_peak_flops"]), **timing)
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -6,7 +6,7 @@ variant runs in a fresh process (`--child`), and the variants alternate, round b
 each one's best step, so that load from other processes hits them alike.
 
 Each child times bench/mfu.py's default workloads (the demo training step and the bench/layer.py
-shape, remat `full`) and XLA's matmul peak (common.PeakProbe). The figure is the speedup in
+shape, remat `full`) and XLA's matmul peak (infini_jax.peak.PeakProbe). The figure is the speedup in
 tokens/s over the default flags. MFU is given against the highest peak any child measured: a flag
 that hands the probe's `a + i` to a library changes the probe too, so a child's own peak is no
 fair denominator for it.
@@ -24,6 +24,7 @@ import subprocess
 import sys
 
 from bench import common
+from infini_jax import peak as peaklib
 
 YNN = "--xla_cpu_experimental_ynn_fusion_type="
 VARIANTS = {
@@ -72,7 +73,7 @@ def compare(variants, rounds: int) -> dict:
       rows.append(dict(variant=variant, flags=VARIANTS[variant], workload=name,
                        tokens_per_s=r["tokens_per_s"], own_peak_flops=r["peak_flops"],
                        speedup=r["tokens_per_s"] / best["default"][name]["tokens_per_s"],
-                       mfu=r["tokens_per_s"] * r["train_flops_per_token"] / peak))
+                       mfu=peaklib.mfu(r["tokens_per_s"], r["train_flops_per_token"], peak)))
   return dict(peak_flops=peak, rows=rows)
 
 

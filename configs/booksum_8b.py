@@ -38,5 +38,6 @@ def get_config(arg=None):
     c.batch_size = 4
     c.data.update(name="python_code", tokenizer="byte")
     c.train.update(steps=20, log_every=5, eval_every=20, checkpoint_every=10)
+    c.optimizer.warmup_steps = 5
     c.evals.perplexity.update(max_documents=2, max_tokens=1024)
   return c

@@ -100,6 +100,7 @@ def get_config(arg=None):
     c.evals.passkey_long_mid.kind = "passkey"
   c.evals.gates = evaluate.settings("gates")
   if arg.runlocal:
+    c.optimizer.warmup_steps = 5  # within the smoke run's 20 steps
     c.evals.passkey.update(lengths=(2048,), samples=2, batch_size=2)
     c.evals.passkey_mid.update(lengths=mid((2048,)), samples=2, batch_size=2)
   return c

@@ -48,6 +48,7 @@ def get_config(arg=None):
     c.data.update(tokenizer="byte", name="python_code" if arg.stage == "pretrain" else "passkey",
                   passkey_length=3 * T - 8, passkey_examples=256)
     c.train.update(steps=20, log_every=5, eval_every=20, checkpoint_every=10)
+    c.optimizer.warmup_steps = 5
     c.evals.perplexity.update(max_documents=2, max_tokens=1024, chunk_len=4 * T)
     c.evals.passkey.update(samples=2, batch_size=2, chunk_segments=32)  # still to 1M tokens
   return c

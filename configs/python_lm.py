@@ -92,6 +92,7 @@ def get_config(arg=None):
   c.evals.perplexity_long.kind = "perplexity"
   c.evals.gates = evaluate.settings("gates")  # sigmoid(β) per head (the paper's Figure 3)
   if arg.runlocal:
+    c.optimizer.warmup_steps = 5  # within the smoke run's 20 steps
     c.evals.perplexity.update(max_documents=2)
     c.evals.perplexity_long.update(max_documents=2, max_tokens=4096)
   return c

@@ -7,6 +7,8 @@ against each other before any work starts.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from etils import epath
 
@@ -95,6 +97,7 @@ def model_config(config) -> ModelConfig:
 
 def validate(config, device_count: int | None = None, process_count: int = 1) -> ModelConfig:
   """Checks the settings against each other; returns the ModelConfig. Raises ValueError."""
+  check_ranges(config)
   model = model_config(config)
   if config.seq_len <= 0 or config.seq_len % model.segment_len:
     raise ValueError(
@@ -135,8 +138,6 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
     if kind not in EVALUATORS:
       raise ValueError(f"unknown evaluator {name!r}; use one of {sorted(EVALUATORS)} "
                        "(or set its 'kind')")
-  if config.train.steps <= 0:
-    raise ValueError(f"train.steps must be positive; got {config.train.steps}")
   sh.check_rules(config.sharding_rules)
   if device_count is not None:
     data, fsdp, _ = sh.mesh_shape(config.mesh, device_count)
@@ -145,3 +146,57 @@ def validate(config, device_count: int | None = None, process_count: int = 1) ->
           f"batch_size={config.batch_size} does not divide across the data axes of the mesh "
           f"(data={data} x fsdp={fsdp}) times optimizer.grad_accum={accum}")
   return model
+
+
+# --- Ranges: each number on its own, refused before any work with what to set instead. ---
+
+def _refuse(key: str, value, want: str, example) -> None:
+  raise ValueError(f"{key}={value!r} is out of range: it must be {want}; e.g. "
+                   f"--config.{key}={example}")
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_ranges(config) -> None:
+  """Refuses a setting outside its range (a negative learning rate trains towards a diverging
+  loss for as long as the run lasts): one ValueError naming the key, its range and an example."""
+  train, opt = config.train, config.optimizer
+  for key in ("steps", "log_every"):
+    if not train[key] > 0:
+      _refuse(f"train.{key}", train[key], "a positive integer", 100)
+  for key in ("eval_every", "checkpoint_every"):
+    if not train[key] >= 0:
+      _refuse(f"train.{key}", train[key], ">= 0 (0 turns it off)", 100)
+  if not train.keep_checkpoints >= 1:
+    _refuse("train.keep_checkpoints", train.keep_checkpoints, ">= 1", 2)
+  if not (_finite(train.peak_flops) and train.peak_flops >= 0):
+    _refuse("train.peak_flops", train.peak_flops, "the job's peak FLOP/s, or 0 for the chip's "
+            "published one (measured on CPU)", 2.8e11)
+  if not config.batch_size > 0:
+    _refuse("batch_size", config.batch_size, "a positive integer", 8)
+  # lr 0 is allowed: a run that passes its initial parameters through unchanged.
+  if not (_finite(opt.lr) and opt.lr >= 0):
+    _refuse("optimizer.lr", opt.lr, "a finite number >= 0", 3e-3)
+  if not (_finite(opt.weight_decay) and opt.weight_decay >= 0):
+    _refuse("optimizer.weight_decay", opt.weight_decay, "a finite number >= 0", 0.1)
+  if not 0 <= opt.warmup_steps <= train.steps:
+    _refuse("optimizer.warmup_steps", opt.warmup_steps,
+            f"between 0 and train.steps={train.steps}", min(100, train.steps // 10))
+  if not (_finite(opt.min_lr_ratio) and 0 <= opt.min_lr_ratio <= 1):
+    _refuse("optimizer.min_lr_ratio", opt.min_lr_ratio, "in [0, 1]", 0.1)
+  for key, example in (("b1", 0.9), ("b2", 0.95)):
+    if not (_finite(opt[key]) and 0 <= opt[key] < 1):
+      _refuse(f"optimizer.{key}", opt[key], "in [0, 1)", example)
+  if not (_finite(opt.eps) and opt.eps >= 0):
+    _refuse("optimizer.eps", opt.eps, "a finite number >= 0", 1e-8)
+  for key, example in (("clip_norm", 1.0), ("gate_lr_mult", 10.0)):
+    if not (_finite(opt[key]) and opt[key] > 0):
+      _refuse(f"optimizer.{key}", opt[key], "a finite number > 0", example)
+  for name, ev in config.evals.items():
+    for key in ("batch_size", "samples", "chunk_len", "chunk_segments", "max_documents"):
+      if key in ev and not ev[key] > 0:
+        _refuse(f"evals.{name}.{key}", ev[key], "a positive integer", 4)
+    if "max_tokens" in ev and not ev.max_tokens >= 0:
+      _refuse(f"evals.{name}.max_tokens", ev.max_tokens, ">= 0 (0: whole documents)", 8192)

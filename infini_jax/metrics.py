@@ -8,6 +8,8 @@ import time
 
 from tensorboardX import SummaryWriter
 
+from infini_jax import peak as peaklib
+
 
 class MetricWriter:
   """Writes scalars to WORKDIR/metrics.jsonl and WORKDIR/tensorboard (on the main process)."""
@@ -45,7 +47,11 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-  """Tokens/s, MFU and ETA over the steps since the previous report."""
+  """Tokens/s, MFU and ETA over the steps since the previous report.
+
+  MFU is infini_jax.peak.mfu, as in bench/mfu.py: for the same step time, the same FLOPs per
+  token and the same peak (infini_jax.peak.job_peak), the log and the benchmark agree.
+  """
 
   def __init__(self, total_steps: int, start_step: int, tokens_per_step: int,
                flops_per_token: float, peak_flops: float):
@@ -58,7 +64,7 @@ class Progress:
     dt = max(now - self.last_time, 1e-9)
     tokens_per_s = (step - self.last_step) * self.tokens_per_step / dt
     out = dict(tokens_per_s=tokens_per_s,
-               mfu=tokens_per_s * self.flops_per_token / self.peak,
+               mfu=peaklib.mfu(tokens_per_s, self.flops_per_token, self.peak),
                eta_s=(self.total - step) * dt / max(step - self.last_step, 1))
     self.last_step, self.last_time = step, now
     return out

@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 
 from infini_jax import config as configlib
 from infini_jax import evaluate, metrics
+from infini_jax import peak as peaklib
 from infini_jax import sharding as sh
 from infini_jax import state as statelib
 from infini_jax.checkpoint import Checkpointer, restore_init_params
@@ -91,8 +92,8 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
   model_cfg, total = setup.model_cfg, config.train.steps
   print = _print  # noqa: A001 (one progress log per job, from process 0)
   tokens_per_step = config.batch_size * config.seq_len
-  # MFU's denominator: the whole job's peak (each host measures its own and they add up).
-  peak = config.train.peak_flops or _measured_peak() * jax.process_count()
+  # MFU's denominator: the whole job's peak, as bench/mfu.py takes it (infini_jax/peak.py).
+  peak = config.train.peak_flops or peaklib.job_peak()
   progress = metrics.Progress(total, start, tokens_per_step, 3 * model_cfg.flops_per_token(), peak)
   print(f"model {config.model_name}: {setup.num_params / 1e6:.2f}M parameters, "
         f"memory={model_cfg.memory} rule={model_cfg.rule}, segment {model_cfg.segment_len}, training length "
@@ -163,14 +164,3 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
 def _print(*args, **kwargs) -> None:
   if jax.process_index() == 0:
     print(*args, **kwargs)
-
-
-def _measured_peak() -> float:
-  """XLA's float32 matmul throughput here, the denominator of the MFU estimate."""
-  n, reps = 1024, 4
-  a = jnp.ones((n, n), jnp.float32)
-  f = jax.jit(lambda a: sum(jnp.dot(a + i, a) for i in range(reps)))
-  f(a).block_until_ready()
-  t = time.perf_counter()
-  f(a).block_until_ready()
-  return reps * 2 * n ** 3 / (time.perf_counter() - t)

@@ -11,7 +11,8 @@ from infini_jax import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config=configs/demo.py:runlocal", "--config.data.subset=small",
-        "--config.train.steps=3", "--config.train.log_every=1", "--config.train.eval_every=0",
+        "--config.train.steps=3", "--config.optimizer.warmup_steps=1",
+        "--config.train.log_every=1", "--config.train.eval_every=0",
         "--config.train.checkpoint_every=3", "--config.model.d_model=32",
         "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.num_kv_heads=2",
         "--config.model.head_dim=16", "--config.model.mlp_dim=64", "--config.model.segment_len=32",

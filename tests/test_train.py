@@ -36,7 +36,7 @@ def tiny(config, data_dir, steps=6):
   config.seq_len, config.batch_size = 128, 4
   config.data.update(subset="small", data_dir=data_dir)
   config.train.update(steps=steps, log_every=1, eval_every=0, checkpoint_every=2, peak_flops=1e11)
-  config.optimizer.warmup_steps = 2
+  config.optimizer.warmup_steps = min(2, steps)
   config.evals.perplexity.update(max_documents=2, max_tokens=256, chunk_len=64, batch_size=2)
   return config
 

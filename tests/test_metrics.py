@@ -1,0 +1,95 @@
+"""One MFU: the training log's figure is the benchmark's for the same step time and peak."""
+
+import types
+
+import jax
+import pytest
+
+from bench import common
+from bench import mfu as mfubench
+from configs import demo, models
+from infini_jax import config as configlib
+from infini_jax import metrics, trainer
+from infini_jax import peak as peaklib
+
+
+@pytest.mark.parametrize("kind,flops", [
+    ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5", 459e12), ("TPU v5p", 459e12),
+    ("TPU v6 lite", 918e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100-PCIE-40GB", 312e12),
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA GH200 480GB", 989e12)])
+def test_published_peak_by_device_kind(kind, flops):
+  assert peaklib.chip_peak(kind) == flops
+
+
+@pytest.mark.parametrize("kind", ["TPU v7x", "TPU v4 lite", "NVIDIA B200", "cpu"])
+def test_an_unknown_chip_is_an_error_that_says_how_to_give_its_peak(kind):
+  # Not a measured fallback: a measured matmul rate would not compare with the published peaks.
+  with pytest.raises(ValueError, match=f"no published bf16 peak for device_kind '{kind}'.*"
+                     r"--config\.train\.peak_flops"):
+    peaklib.chip_peak(kind)
+
+
+def fake_accelerator(monkeypatch, kind: str, count: int):
+  device = types.SimpleNamespace(platform="tpu", device_kind=kind)
+  monkeypatch.setattr(jax, "devices", lambda *a: [device] * count)
+  monkeypatch.setattr(jax, "device_count", lambda *a: count)
+
+
+def test_accelerators_use_the_published_peak_in_the_log_and_the_benchmarks(monkeypatch):
+  fake_accelerator(monkeypatch, "TPU v5 lite", 8)
+  assert peaklib.job_peak() == 8 * 197e12  # the trainer's: the whole job
+  assert common.peak_probe()() == 197e12  # the benchmarks': their one device
+  with common.Bracket() as bracket:
+    pass
+  assert bracket.peak == 197e12 and bracket.spread == 0
+
+
+def test_cpu_peak_is_the_benchmarks_probe(monkeypatch):
+  monkeypatch.setattr(peaklib.PeakProbe, "__init__", lambda self: None)  # no compile here
+  assert isinstance(common.peak_probe(), peaklib.PeakProbe)  # what bench.mfu brackets with
+  calls = iter([1e11, 3e11])
+  monkeypatch.setattr(peaklib.PeakProbe, "__call__", lambda self: next(calls))
+  # The trainer's: the higher of two probe calls (a Bracket around nothing), once per process.
+  assert peaklib.job_peak() == 3e11 * jax.process_count()
+
+
+def test_measured_cpu_peak_is_a_plausible_matmul_rate():
+  peak = peaklib.measured_peak()
+  assert 1e9 < peak < 1e13  # FLOP/s of XLA's float32 matmuls on a CPU
+
+
+def test_the_log_and_bench_mfu_agree_for_the_same_step_time(monkeypatch):
+  c = demo.get_config()
+  model_cfg = configlib.validate(c, device_count=1)
+  # bench/mfu.py's demo workload is the demo experiment's step: same shape, same FLOPs per token.
+  assert (mfubench.DEMO_BATCH, mfubench.DEMO_LEN) == (c.batch_size, c.seq_len)
+  assert models.PRESETS["demo"].flops_per_token() == model_cfg.flops_per_token()
+  flops_per_token, tokens = 3 * model_cfg.flops_per_token(), c.batch_size * c.seq_len
+  peak, step_s = 2.8e11, 0.37
+  clock = iter([100.0, 100.0 + 20 * step_s])  # Progress's start, then a report 20 steps later
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+  logged = metrics.Progress(600, 0, tokens, flops_per_token, peak).report(20)
+  benched = mfubench.row("demo", tokens, flops_per_token,
+                         dict(step_s=step_s, peak_flops=peak, best_peak_flops=peak))
+  assert logged["mfu"] == pytest.approx(benched["mfu"], rel=1e-12)
+  assert logged["tokens_per_s"] == pytest.approx(benched["tokens_per_s"], rel=1e-12)
+
+
+def test_trainer_logs_mfu_against_the_library_peak(monkeypatch, tmp_path):
+  # peak_flops 0: the trainer asks infini_jax.peak for the job's peak; what it logs is then
+  # bench/mfu.py's figure for the step time it logs.
+  monkeypatch.setattr(peaklib, "measured_peak", lambda calls=2: 1.25e11)
+  c = demo.get_config("runlocal")
+  c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, mlp_dim=64,
+                 segment_len=32)
+  c.seq_len, c.batch_size = 64, 2
+  c.data.update(subset="small", data_dir=str(tmp_path / "tfds"))
+  c.optimizer.warmup_steps = 1
+  c.train.update(steps=4, log_every=2, eval_every=0, checkpoint_every=4, peak_flops=0.0)
+  out = trainer.train_and_evaluate(c, str(tmp_path / "run"))
+  flops_per_token = 3 * configlib.model_config(c).flops_per_token()
+  tokens = c.batch_size * c.seq_len
+  timing = dict(step_s=tokens / out["tokens_per_s"], peak_flops=1.25e11, best_peak_flops=1.25e11)
+  assert out["mfu"] == pytest.approx(mfubench.row("x", tokens, flops_per_token, timing)["mfu"],
+                                     rel=1e-9)
