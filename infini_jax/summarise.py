@@ -17,7 +17,6 @@ from typing import Iterator
 import jax
 import numpy as np
 from flax import nnx
-from rouge_score import rouge_scorer
 from tqdm import tqdm
 
 from infini_jax import generate
@@ -33,6 +32,9 @@ def rouge(references: list[str], predictions: list[str], stemmer: bool = True) -
   if len(references) != len(predictions) or not references:
     raise ValueError(f"rouge needs as many predictions as references, at least one; got "
                      f"{len(predictions)} and {len(references)}")
+  # Imported here: rouge_score loads nltk, seconds that every importer of evaluate.py would pay.
+  from rouge_score import rouge_scorer  # noqa: PLC0415
+
   scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=stemmer)
   scores = [scorer.score(r, p) for r, p in zip(references, predictions)]
   out = {t: float(np.mean([s[t].fmeasure for s in scores])) for t in ROUGE_TYPES}

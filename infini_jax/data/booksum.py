@@ -35,7 +35,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import tensorflow_datasets as tfds
 
 from infini_jax.data import text_files
@@ -62,6 +61,8 @@ def split_of_file(path: str) -> str:
 def read_rows(path: str, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
   """The rows of a JSON-lines or parquet file as dicts (parquet: only `columns` when given)."""
   if path.endswith(".parquet"):
+    import pyarrow.parquet as pq  # noqa: PLC0415 (only parquet readers pay for pyarrow)
+
     file = pq.ParquetFile(path)
     names = file.schema_arrow.names
     wanted = [c for c in columns if c in names] if columns else None
