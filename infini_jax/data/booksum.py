@@ -55,7 +55,7 @@ def split_of_file(path: str) -> str:
     if word in name:
       return split
   raise ValueError(f"cannot tell the split of {path}: name each BookSum file after its split "
-                   "(train, val or test), e.g. chapters/train.jsonl")
+                   "(train, val or test), e.g. chapters/train.jsonl, or narrow --files to them")
 
 
 def read_rows(path: str, columns: Sequence[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -165,12 +165,11 @@ class BookSum(LocalBuilder, skip_registration=True):
     cfg = self.builder_config
     columns = [*((cfg.text_field,) if cfg.text_field else TEXT_FIELDS),
                *((cfg.summary_field,) if cfg.summary_field else SUMMARY_FIELDS)]
-    for path in files:
-      base = os.path.basename(path)
+    for path in files:  # keys by path: books/train.jsonl and chapters/train.jsonl may meet
       for i, row in enumerate(read_rows(path, columns)):
         book, summary = example(row, f"{path} row {i}", cfg.text_field, cfg.summary_field)
         if book.strip() and summary.strip():
-          key = f"{base}-{i:07d}"
+          key = f"{path}-{i:07d}"
           yield key, {"text": book + SEPARATOR + summary, "book": book, "summary": summary,
                       "id": key}
 
