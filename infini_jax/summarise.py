@@ -77,9 +77,8 @@ class Summarise:
     """(book, reference summary) of the first max_documents pairs of the split."""
     docs = sources.load_source("booksum", self.split, self.data.data_dir,
                                **booksum.builder_kwargs(self.data))
-    pick = lambda v: v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v  # noqa: E731
-    return [(pick(docs.records[i]["book"]), pick(docs.records[i]["summary"]))
-            for i in range(min(self.max_documents, len(docs)))]
+    records = [docs.records[i] for i in range(min(self.max_documents, len(docs)))]
+    return [(booksum.text_of(r["book"]), booksum.text_of(r["summary"])) for r in records]
 
   def summarise(self, decoder: generate.Decoder, prompt: np.ndarray, key: jax.Array,
                 progress=None) -> np.ndarray:

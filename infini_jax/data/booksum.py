@@ -191,7 +191,8 @@ def builder_kwargs(data_cfg, seq_len: int | None = None) -> dict[str, Any]:
           "synthetic": int(data_cfg.get("booksum_synthetic", 0))}
 
 
-def _text(value: Any) -> str:
+def text_of(value: Any) -> str:
+  """A stored Text feature (bytes from the array_record reader) as str."""
   return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
@@ -217,15 +218,16 @@ def tokenize(records: Sequence[dict], tokenizer: Tokenizer, seq_len: int,
   sep = tokenizer.encode_array(SEPARATOR)
   tokens, weights, lengths = [], [], []
   for record in records:
-    book = tokenizer.encode_array(_text(record["book"]))
-    summary = tokenizer.encode_array(_text(record["summary"]))
+    book = tokenizer.encode_array(text_of(record["book"]))
+    summary = tokenizer.encode_array(text_of(record["summary"]))
     if summary_only:
       keep = max(seq_len + 1 - 2 - len(sep) - len(summary), 0)
       book = book[len(book) - keep:] if keep else book[:0]
     head = np.concatenate([[tokenizer.bos_id], book, sep])
     tail = np.concatenate([summary, [tokenizer.eos_id]])
     tokens += [head, tail]
-    weights += [np.full(len(head), 0 if summary_only else 1, np.uint8), np.ones(len(tail), np.uint8)]
+    weights += [np.full(len(head), 0 if summary_only else 1, np.uint8),
+                np.ones(len(tail), np.uint8)]
     lengths.append(len(head) + len(tail))
   offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
   if not tokens:
