@@ -21,7 +21,7 @@ from infini_jax.data.tokenizer import get_tokenizer
 from infini_jax.model import ModelConfig
 from infini_jax.optim import OPTIMIZERS
 
-DATASETS = ("python_code", "text_files", "passkey", "pg19")
+DATASETS = ("python_code", "text_files", "passkey", "pg19", "booksum")
 
 
 def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.ConfigDict:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from infini_jax.data import passkey, pipeline
 from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
+from infini_jax.summarise import Summarise
 
 PAPER_LENGTHS = (32768, 131072, 262144, 524288, 1048576)  # Table 3: 32K ... 1M tokens
 POSITIONS = ("start", "middle", "end")
@@ -294,7 +295,7 @@ class Gates:
         yield f"decay/layer{layer}/head{head}", float(value)
 
 
-REGISTRY = {"perplexity": Perplexity, "passkey": Passkey, "gates": Gates}
+REGISTRY = {"perplexity": Perplexity, "passkey": Passkey, "gates": Gates, "summarise": Summarise}
 
 
 def settings(kind: str, **overrides) -> dict:

@@ -37,7 +37,7 @@ import grain
 import numpy as np
 from ml_collections import ConfigDict
 
-from infini_jax.data import passkey, sources
+from infini_jax.data import booksum, passkey, sources
 from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
 
 
@@ -48,6 +48,9 @@ class TokenizedCorpus:
 
   tokens: np.ndarray  # [total] uint16 when the vocabulary fits (half the memory), else int32
   offsets: np.ndarray  # [num_documents + 1] int64
+  # [total] each token's loss weight as a target, when the dataset sets them (booksum: the
+  # summary alone); None: every target weighs 1 (answer_weight aside).
+  weights: np.ndarray | None = None
 
   @property
   def lengths(self) -> np.ndarray:
@@ -108,6 +111,8 @@ class CutWindows:
       at = lo + 1 + np.arange(n)  # where each target sits in the corpus; EOS is at end - 1
       answer = (at >= end - 1 - self.answer_tokens) & (at < end - 1)
       weights[r, :n] = np.where(answer, self.answer_weight, 1.0)
+      if self.corpus.weights is not None:
+        weights[r, :n] = self.corpus.weights[lo + 1:lo + 1 + n]
     return {"inputs": inputs, "targets": targets, "mask": mask, "weights": weights}
 
 
@@ -135,7 +140,7 @@ def check_batch(global_batch_size: int, process_index: int, process_count: int) 
 
 
 def train_iterator(
-    documents: Sequence[str],
+    documents: Sequence[str] | TokenizedCorpus,
     tokenizer: Tokenizer,
     seq_len: int,
     segment_len: int,
@@ -157,7 +162,8 @@ def train_iterator(
   """
   check_lengths(seq_len, segment_len)
   local = check_batch(global_batch_size, process_index, process_count)
-  corpus = tokenize_corpus(documents, tokenizer)
+  corpus = (documents if isinstance(documents, TokenizedCorpus)
+            else tokenize_corpus(documents, tokenizer))
   windows = window_index(corpus.lengths, seq_len)
   if len(windows) == 0:
     raise ValueError("no documents to train on: the training split is empty")
@@ -200,6 +206,7 @@ _CONFIG_TO_KWARGS = {
     "text_files": lambda cfg, seq_len: {"text_glob": cfg.get("text_glob", "")},
     "passkey": _passkey_kwargs,
     "pg19": lambda cfg, seq_len: {},
+    "booksum": booksum.builder_kwargs,
 }
 
 
@@ -231,7 +238,7 @@ def make_train_iterator(
   """This process's training batches for a data config.
 
   data_cfg fields:
-    name: "python_code" | "text_files" | "passkey" | "pg19".
+    name: "python_code" | "text_files" | "passkey" | "pg19" | "booksum".
     data_dir: TFDS data directory (prepare with `prepare_from_config` first).
     tokenizer: "byte" or the path of a SentencePiece .model file.
     train_split, eval_split: split names ("train", "validation", "test").
@@ -254,6 +261,11 @@ def make_train_iterator(
   n_answer = answer_tokens(data_cfg)
   documents = sources.load_source(data_cfg.name, data_cfg.get("train_split", "train"),
                                   data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
+  # --- BookSum: the loss on the summary alone (infini_jax/data/booksum.py). ---
+  if data_cfg.name == "booksum":
+    documents = TokenizedCorpus(*booksum.tokenize(
+        documents.records, get_tokenizer(data_cfg.tokenizer), seq_len,
+        summary_only=bool(data_cfg.get("booksum_summary_only", True))))
   return train_iterator(documents, get_tokenizer(data_cfg.tokenizer), seq_len, segment_len,
                         global_batch_size, seed, process_index=process_index,
                         process_count=process_count, num_epochs=data_cfg.get("num_epochs"),

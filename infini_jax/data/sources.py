@@ -30,7 +30,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 from etils import epath
 
-from infini_jax.data import passkey, python_code, text_files
+from infini_jax.data import booksum, passkey, python_code, text_files
 
 
 def _python_code(config: str = "stdlib") -> tuple[type, dict[str, Any]]:
@@ -46,7 +46,8 @@ def _passkey(**kwargs: Any) -> tuple[type, dict[str, Any]]:
 
 
 # Our own builders: name -> function(builder kwargs) -> (builder class, constructor kwargs).
-EMBEDDED = {"python_code": _python_code, "text_files": _text_files, "passkey": _passkey}
+EMBEDDED = {"python_code": _python_code, "text_files": _text_files, "passkey": _passkey,
+            "booksum": booksum.source}
 # Catalog datasets we read once prepared elsewhere: name -> the feature holding the document.
 CATALOG_TEXT_FEATURE = {"pg19": "book_text"}
 DATASETS = tuple(EMBEDDED) + tuple(CATALOG_TEXT_FEATURE)
