@@ -103,7 +103,8 @@ class TokenRecords:
     """Document doc's token ids [lo, hi) (0 <= lo < hi <= lengths[doc]), in the stored dtype."""
     first, last = lo // self.chunk, (hi - 1) // self.chunk
     base = int(self.first_record[doc])
-    records = self.source.__getitems__(list(range(base + first, base + last + 1)))
+    # One record at a time: a window needs one or two, and `__getitems__` starts a thread pool.
+    records = [self.source[r] for r in range(base + first, base + last + 1)]
     ids = np.frombuffer(b"".join(records), self.dtype)
     return ids[lo - first * self.chunk:hi - first * self.chunk]
 
