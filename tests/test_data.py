@@ -291,7 +291,8 @@ def test_token_records_give_the_batches_and_documents_of_the_text(tmp_path, monk
   assert data.open_tokens(cfg, "train").info == records.info
 
 
-def test_parallel_prepare_writes_the_records_of_a_serial_one(tmp_path):
+def test_parallel_prepare_writes_the_records_of_a_serial_one(tmp_path, monkeypatch):
+  monkeypatch.setattr(tokens, "CHUNK", 5)  # documents of many records, in both
   write_corpus(tmp_path / "corpus", n=30)
   cfg = text_files_config(tmp_path)
   builder = data.prepare("text_files", cfg.data_dir, text_glob=cfg.text_glob)
@@ -304,6 +305,7 @@ def test_parallel_prepare_writes_the_records_of_a_serial_one(tmp_path):
   for d in range(len(serial)):
     np.testing.assert_array_equal(serial.document(d), parallel.document(d))
   assert builder.info.splits["train"].num_examples == len(parallel)
+  assert parallel.chunk == 5 and parallel.info == serial.info
 
 
 # --- passkey -------------------------------------------------------------------------------

@@ -115,12 +115,12 @@ class TokenRecords:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def _write_shard(task: tuple[Callable[[], Sequence[str]], str, int, int, str]) -> tuple[
+def _write_shard(task: tuple[Callable[[], Sequence[str]], str, int, int, int, str]) -> tuple[
     np.ndarray, int]:
   """Tokenizes documents [start, stop) into one array_record file: (lengths, text bytes)."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
-  open_documents, tokenizer_name, start, stop, out = task
+  open_documents, tokenizer_name, chunk, start, stop, out = task
   documents, tokenizer = open_documents(), get_tokenizer(tokenizer_name)
   dtype = token_dtype(tokenizer)
   writer = ArrayRecordWriter(out, _RECORD_OPTIONS)
@@ -129,8 +129,8 @@ def _write_shard(task: tuple[Callable[[], Sequence[str]], str, int, int, str]) -
     text = documents[d]
     text_bytes += len(text.encode("utf-8"))
     ids = document_ids(tokenizer, text, dtype)
-    for at in range(0, len(ids), CHUNK):
-      writer.write(ids[at:at + CHUNK].tobytes())
+    for at in range(0, len(ids), chunk):
+      writer.write(ids[at:at + chunk].tobytes())
     lengths.append(len(ids))
   writer.close()
   return np.array(lengths, np.int64), text_bytes
@@ -166,7 +166,7 @@ def prepare_tokens(
   tmp = f"{out}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  tasks = [(open_documents, tokenizer_name, int(edges[s]), int(edges[s + 1]),
+  tasks = [(open_documents, tokenizer_name, CHUNK, int(edges[s]), int(edges[s + 1]),
             os.path.join(tmp, f"tokens.array_record-{s:05d}-of-{num_shards:05d}"))
            for s in range(num_shards)]
   from tqdm import tqdm
