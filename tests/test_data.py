@@ -436,3 +436,15 @@ def test_runs_started_together_prepare_a_dataset_once(tmp_path):
     assert p.returncode == 0, err[-2000:]
     assert out.split()[-1] == "3000"
   assert len(list((tmp_path / "passkey").glob("*/1.0.0"))) == 1
+
+
+def test_the_config_schema_holds_every_data_key_the_pipeline_reads():
+  from infini_jax import config as configlib
+
+  cfg = configlib.defaults().data
+  assert cfg.num_epochs is None  # repeat forever
+  cfg.update(name="passkey", num_epochs=2, passkey_seed=3, passkey_eval_examples=5)
+  kwargs = pipeline.builder_kwargs(cfg, seq_len=512)
+  assert (kwargs["seed"], kwargs["num_eval_examples"]) == (3, 5)
+  with pytest.raises(TypeError):
+    cfg.num_epochs = "two"  # typed: a command-line override is parsed as an int

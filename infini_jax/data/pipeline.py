@@ -263,7 +263,7 @@ def prepare_from_config(data_cfg: ConfigDict, seq_len: int | None = None,
     with sources.prepare_lock(data_dir, name):  # one process tokenizes, the others reuse it
       tokens.prepare_tokens(
           functools.partial(sources.load_source, name, split, data_dir, **kwargs),
-          data_cfg.tokenizer, out, num_bytes=builder.info.splits[split].num_bytes,
+          data_cfg.tokenizer, out, num_bytes=int(builder.info.splits[split].num_bytes),
           workers=workers, description=f"{name}/{split}")
 
 

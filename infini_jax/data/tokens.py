@@ -157,7 +157,7 @@ def prepare_tokens(
   if os.path.exists(os.path.join(out, "info.json")):
     return TokenRecords(out, tokenizer)
   documents = open_documents()
-  count = len(documents)
+  count, num_bytes = len(documents), int(num_bytes)
   if workers is None:
     workers = len(os.sched_getaffinity(0)) if num_bytes >= _PARALLEL_BYTES else 1
   # Several shards per worker keep the cores busy when documents differ in length.
