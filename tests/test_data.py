@@ -199,6 +199,22 @@ def test_bad_corpora_and_unprepared_datasets_say_what_to_do(tmp_path):
                                          "tokenizer": "byte"}), 16, 8, 2, 0)
 
 
+def test_a_split_too_big_for_memory_prepares_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills a split over its memory buffer (1 GB) to files through tf.io.gfile; ours go
+  to local files, in the same order as a split kept in memory."""
+  from tensorflow_datasets.core import shuffle
+
+  texts = write_corpus(tmp_path / "corpus")
+  in_memory = data.prepare("text_files", tmp_path / "a", text_glob=str(tmp_path / "corpus"))
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 100)  # spill after ~100 bytes
+  spilled = data.prepare("text_files", tmp_path / "b", text_glob=str(tmp_path / "corpus"))
+  for split in in_memory.info.splits:
+    a = data.load_source("text_files", split, tmp_path / "a", text_glob=str(tmp_path / "corpus"))
+    b = data.load_source("text_files", split, tmp_path / "b", text_glob=str(tmp_path / "corpus"))
+    assert list(a) == list(b)
+  assert sum(spilled.info.splits[s].num_examples for s in spilled.info.splits) == len(texts)
+
+
 def test_python_code_small_subset_records_the_python_version(tmp_path):
   data.prepare("python_code", tmp_path, config="small")
   assert data.dataset_python_version(tmp_path, "small") == platform.python_version()
