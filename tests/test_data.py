@@ -265,6 +265,11 @@ def test_pg19_is_read_from_its_prepared_files(tmp_path):
   Pg19(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
   assert sorted(data.load_source("pg19", "train", tmp_path)) == [
       "Chapter 0. It was a dark night.", "Chapter 1. It was a dark night."]
+  cfg = ConfigDict({"name": "pg19", "data_dir": str(tmp_path), "tokenizer": "byte"})
+  data.prepare_from_config(cfg)  # tokenizes the books copied in; generates nothing
+  records = data.open_tokens(cfg, "train")
+  assert sorted(BYTE.decode(records.document(d)) for d in range(len(records))) == [
+      "Chapter 0. It was a dark night.", "Chapter 1. It was a dark night."]
 
 
 # --- token records -------------------------------------------------------------------------
