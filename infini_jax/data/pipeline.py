@@ -27,7 +27,7 @@ with the same arguments resumes with exactly the batches the uninterrupted one w
 Save it with orbax as `grain.checkpoint.CheckpointSave(it)` (restore: `CheckpointRestore(it)`), or
 store the dict in the checkpoint's JSON metadata.
 
-Reading a window is one or two 32 KiB record reads and a copy (tens of microseconds), so one
+Reading a window is one or two 128 KiB record reads and a copy (tens of microseconds), so one
 prefetch thread keeps far ahead of training: grain's worker processes would cost more than the
 map they spread (bench/data.py measures it).
 """

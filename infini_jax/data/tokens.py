@@ -6,7 +6,7 @@ into token ids, in parallel over shards of documents, and writes them beside the
     <builder.data_dir>/tokens/<tokenizer label>/<split>/
       tokens.array_record-SSSSS-of-NNNNN   # record r: up to CHUNK token ids of one document
       lengths.npy                          # int64 [D]: tokens of document d, BOS and EOS included
-      info.json                            # the tokenizer's identity, dtype, chunk, counts
+      info.json                            # the tokenizer's identity, dtype, chunk, shards
 
 Document d is `[BOS] + tokens + [EOS]`, stored in ceil(lengths[d] / CHUNK) consecutive records
 (uint16 when the vocabulary fits, else int32, little-endian), in the split's stored order. So any
@@ -34,7 +34,10 @@ import numpy as np
 
 from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
 
-CHUNK = 16384  # Tokens per record: a 4096-token window reads one or two 32 KiB records.
+# Tokens per record. An open reader holds an index entry per record (about 100 bytes), so
+# records are large: 2 GB of bytes is 32K records (3 MB of index); a window of 4096 reads one or
+# two 128 KiB records (tens of microseconds).
+CHUNK = 65536
 _RECORD_OPTIONS = "group_size:1,uncompressed"  # One record per read, no decompression.
 _PARALLEL_BYTES = 64 << 20  # Splits smaller than this are tokenized in this process.
 
@@ -90,8 +93,10 @@ class TokenRecords:
     self.lengths = np.load(os.path.join(path, "lengths.npy"))  # [D] int64
     per_doc = -(-self.lengths // self.chunk)
     self.first_record = np.concatenate([[0], np.cumsum(per_doc)[:-1]]).astype(np.int64)
-    shards = sorted(f for f in os.listdir(path) if f.startswith("tokens.array_record"))
-    self.source = grain.sources.ArrayRecordDataSource([os.path.join(path, f) for f in shards])
+    # "file[0:n]": the record counts come from info.json, so no shard is opened before it is
+    # read (opening one reads its index).
+    self.source = grain.sources.ArrayRecordDataSource(
+        [f"{os.path.join(path, name)}[0:{n}]" for name, n in self.info["shards"]])
     if len(self.source) != int(per_doc.sum()):
       raise ValueError(f"the token records in {path} are incomplete ({len(self.source)} of "
                        f"{int(per_doc.sum())} records): delete {path} and prepare again")
@@ -116,24 +121,26 @@ class TokenRecords:
 
 
 def _write_shard(task: tuple[Callable[[], Sequence[str]], str, int, int, int, str]) -> tuple[
-    np.ndarray, int]:
-  """Tokenizes documents [start, stop) into one array_record file: (lengths, text bytes)."""
+    np.ndarray, int, int]:
+  """Tokenizes documents [start, stop) into one array_record file: (lengths, text bytes,
+  records)."""
   from array_record.python.array_record_module import ArrayRecordWriter
 
   open_documents, tokenizer_name, chunk, start, stop, out = task
   documents, tokenizer = open_documents(), get_tokenizer(tokenizer_name)
   dtype = token_dtype(tokenizer)
   writer = ArrayRecordWriter(out, _RECORD_OPTIONS)
-  lengths, text_bytes = [], 0
+  lengths, text_bytes, records = [], 0, 0
   for d in range(start, stop):
     text = documents[d]
     text_bytes += len(text.encode("utf-8"))
     ids = document_ids(tokenizer, text, dtype)
     for at in range(0, len(ids), chunk):
       writer.write(ids[at:at + chunk].tobytes())
+      records += 1
     lengths.append(len(ids))
   writer.close()
-  return np.array(lengths, np.int64), text_bytes
+  return np.array(lengths, np.int64), text_bytes, records
 
 
 def prepare_tokens(
@@ -190,6 +197,7 @@ def prepare_tokens(
   info = {"tokenizer": tokenizer.fingerprint, "tokenizer_name": tokenizer_name,
           "vocab_size": tokenizer.vocab_size, "dtype": token_dtype(tokenizer).str,
           "chunk": CHUNK, "documents": count, "tokens": int(lengths.sum()),
+          "shards": [[os.path.basename(t[-1]), r[2]] for t, r in zip(tasks, results)],
           "text_bytes": int(sum(r[1] for r in results)), "source": description}
   with open(os.path.join(tmp, "info.json"), "w") as f:
     json.dump(info, f, indent=1)
