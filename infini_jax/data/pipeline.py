@@ -183,9 +183,9 @@ def train_iterator(
   """Training batches of this process from documents (see the module docstring).
 
   documents: prepared token records (what runs use), a tokenized corpus, or strings, tokenized
-  here in memory (tests and small corpora). num_epochs None repeats forever (each epoch shuffled differently); a finite count ends the
-  iterator after the last whole global batch. The last answer_tokens targets before each
-  document's EOS weigh answer_weight in the loss.
+  here in memory (tests and small corpora). num_epochs None repeats forever (each epoch
+  shuffled differently); a finite count ends the iterator after the last whole global batch.
+  The last answer_tokens targets before each document's EOS weigh answer_weight in the loss.
   """
   check_lengths(seq_len, segment_len)
   local = check_batch(global_batch_size, process_index, process_count)
