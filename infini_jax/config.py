@@ -36,7 +36,9 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
       name="python_code", subset="stdlib", data_dir="data/tfds", tokenizer="byte", text_glob="",
       train_split="train", eval_split="validation",
       passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000,
-      passkey_jitter=0,
+      passkey_jitter=0, passkey_eval_examples=100, passkey_seed=0,
+      # Epochs of training windows: None repeats them for as long as the run lasts.
+      num_epochs=ml_collections.config_dict.placeholder(int),
       # The order of the training windows: -1 follows `seed`; a fixed value keeps the data order
       # while `seed` varies the initialisation alone (and the other way round).
       shuffle_seed=-1,

@@ -4,6 +4,7 @@ Everything is built into pytest's tmp_path from files the tests write or from a 
 packages (python_code's `small` config); nothing is downloaded.
 """
 
+import functools
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import tensorflow_datasets as tfds
 from ml_collections import ConfigDict
 
 import infini_jax.data as data
-from infini_jax.data import passkey, pipeline, sources, text_files
+from infini_jax.data import passkey, pipeline, sources, text_files, tokens
 from infini_jax.data.local_builder import LocalBuilder
 
 BYTE = data.ByteTokenizer()
@@ -198,6 +199,22 @@ def test_bad_corpora_and_unprepared_datasets_say_what_to_do(tmp_path):
                                          "tokenizer": "byte"}), 16, 8, 2, 0)
 
 
+def test_a_split_too_big_for_memory_prepares_without_tensorflow(tmp_path, monkeypatch):
+  """TFDS spills a split over its memory buffer (1 GB) to files through tf.io.gfile; ours go
+  to local files, in the same order as a split kept in memory."""
+  from tensorflow_datasets.core import shuffle
+
+  texts = write_corpus(tmp_path / "corpus")
+  in_memory = data.prepare("text_files", tmp_path / "a", text_glob=str(tmp_path / "corpus"))
+  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 100)  # spill after ~100 bytes
+  spilled = data.prepare("text_files", tmp_path / "b", text_glob=str(tmp_path / "corpus"))
+  for split in in_memory.info.splits:
+    a = data.load_source("text_files", split, tmp_path / "a", text_glob=str(tmp_path / "corpus"))
+    b = data.load_source("text_files", split, tmp_path / "b", text_glob=str(tmp_path / "corpus"))
+    assert list(a) == list(b)
+  assert sum(spilled.info.splits[s].num_examples for s in spilled.info.splits) == len(texts)
+
+
 def test_python_code_small_subset_records_the_python_version(tmp_path):
   data.prepare("python_code", tmp_path, config="small")
   assert data.dataset_python_version(tmp_path, "small") == platform.python_version()
@@ -207,7 +224,11 @@ def test_python_code_small_subset_records_the_python_version(tmp_path):
   assert all(text_files.split_of(p) == "train" for p in paths)
   assert any("def " in text for text in docs)
   cfg = ConfigDict({"name": "python_code", "data_dir": str(tmp_path), "tokenizer": "byte",
-                    "subset": "small", "train_split": "train", "eval_split": "validation"})
+                    "subset": "small", "train_split": "train", "eval_split": "validation",
+                    "num_epochs": None})
+  with pytest.raises(FileNotFoundError, match=r"not tokenized .*prepare_from_config"):
+    data.make_train_iterator(cfg, 64, 16, 4, seed=0)
+  data.prepare_from_config(cfg)
   batch = next(data.make_train_iterator(cfg, 64, 16, 4, seed=0))
   assert batch["inputs"].shape == (4, 64) and batch["mask"].any()
   val = list(data.iter_eval_documents("python_code", "validation", tmp_path, "byte",
@@ -244,6 +265,69 @@ def test_pg19_is_read_from_its_prepared_files(tmp_path):
   Pg19(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
   assert sorted(data.load_source("pg19", "train", tmp_path)) == [
       "Chapter 0. It was a dark night.", "Chapter 1. It was a dark night."]
+  cfg = ConfigDict({"name": "pg19", "data_dir": str(tmp_path), "tokenizer": "byte"})
+  data.prepare_from_config(cfg)  # tokenizes the books copied in; generates nothing
+  records = data.open_tokens(cfg, "train")
+  assert sorted(BYTE.decode(records.document(d)) for d in range(len(records))) == [
+      "Chapter 0. It was a dark night.", "Chapter 1. It was a dark night."]
+
+
+# --- token records -------------------------------------------------------------------------
+
+
+def text_files_config(tmp_path, **overrides):
+  cfg = ConfigDict({"name": "text_files", "data_dir": str(tmp_path / "tfds"), "tokenizer": "byte",
+                    "text_glob": str(tmp_path / "corpus"), "train_split": "train",
+                    "num_epochs": None})
+  cfg.update(overrides)
+  return cfg
+
+
+def test_token_records_give_the_batches_and_documents_of_the_text(tmp_path, monkeypatch):
+  """Windows read from the prepared records, across record boundaries (7-token records here),
+  equal windows cut from the text tokenized in memory; so do the eval documents."""
+  write_corpus(tmp_path / "corpus")
+  cfg = text_files_config(tmp_path)
+  data.prepare("text_files", cfg.data_dir, text_glob=cfg.text_glob)
+  from_text = list(data.iter_eval_documents("text_files", "train", cfg.data_dir, "byte",
+                                            text_glob=cfg.text_glob))
+  monkeypatch.setattr(tokens, "CHUNK", 7)
+  data.prepare_from_config(cfg)
+  records = data.open_tokens(cfg, "train")
+  assert records.chunk == 7 and records.info["tokenizer"] == "byte"
+  texts = data.load_source("text_files", "train", cfg.data_dir, text_glob=cfg.text_glob)
+  np.testing.assert_array_equal(records.lengths, [len(t.encode()) + 2 for t in texts])
+  from_records = list(data.iter_eval_documents("text_files", "train", cfg.data_dir, "byte",
+                                               text_glob=cfg.text_glob))
+  assert len(from_records) == len(from_text) == len(texts)
+  for a, b in zip(from_records, from_text):
+    assert a.dtype == np.int32
+    np.testing.assert_array_equal(a, b)
+  got = rows_of(data.make_train_iterator(cfg, T, 8, 4, seed=5), 6)
+  want = rows_of(data.train_iterator(list(texts), BYTE, T, 8, 4, seed=5), 6)
+  for x, y in zip(got, want):
+    for a, b in zip(x, y):
+      np.testing.assert_array_equal(a, b)
+  data.prepare_from_config(cfg)  # Idempotent: the records are reused, not rewritten.
+  assert data.open_tokens(cfg, "train").info == records.info
+
+
+def test_parallel_prepare_writes_the_records_of_a_serial_one(tmp_path, monkeypatch):
+  monkeypatch.setattr(tokens, "CHUNK", 5)  # documents of many records, in both
+  write_corpus(tmp_path / "corpus", n=30)
+  cfg = text_files_config(tmp_path)
+  builder = data.prepare("text_files", cfg.data_dir, text_glob=cfg.text_glob)
+  open_docs = functools.partial(data.load_source, "text_files", "train", cfg.data_dir,
+                                text_glob=cfg.text_glob)
+  serial = data.prepare_tokens(open_docs, "byte", str(tmp_path / "serial"), workers=1)
+  parallel = data.prepare_tokens(open_docs, "byte", str(tmp_path / "parallel"), workers=2)
+  assert len(os.listdir(tmp_path / "parallel")) > len(os.listdir(tmp_path / "serial"))
+  np.testing.assert_array_equal(serial.lengths, parallel.lengths)
+  for d in range(len(serial)):
+    np.testing.assert_array_equal(serial.document(d), parallel.document(d))
+  assert builder.info.splits["train"].num_examples == len(parallel)
+  assert parallel.chunk == 5 and len(parallel.info.pop("shards")) > len(serial.info.pop("shards"))
+  assert parallel.info == serial.info
 
 
 # --- passkey -------------------------------------------------------------------------------
@@ -294,7 +378,8 @@ def test_passkey_dataset_splits_use_different_seeds(tmp_path):
 def test_passkey_training_documents_fill_one_window(tmp_path):
   cfg = ConfigDict({"name": "passkey", "data_dir": str(tmp_path), "tokenizer": "byte",
                     "passkey_length": 0, "passkey_digits": 5, "passkey_position": "random",
-                    "passkey_examples": 6, "train_split": "train", "eval_split": "test"})
+                    "passkey_examples": 6, "passkey_eval_examples": 100, "passkey_seed": 0,
+                    "train_split": "train", "eval_split": "test", "num_epochs": None})
   data.prepare_from_config(cfg, seq_len=512)
   batch = next(data.make_train_iterator(cfg, 512, 128, 4, seed=0))
   assert batch["mask"].all()  # prompt + answer + EOS targets == 512 exactly
@@ -373,3 +458,15 @@ def test_runs_started_together_prepare_a_dataset_once(tmp_path):
     assert p.returncode == 0, err[-2000:]
     assert out.split()[-1] == "3000"
   assert len(list((tmp_path / "passkey").glob("*/1.0.0"))) == 1
+
+
+def test_the_config_schema_holds_every_data_key_the_pipeline_reads():
+  from infini_jax import config as configlib
+
+  cfg = configlib.defaults().data
+  assert cfg.num_epochs is None  # repeat forever
+  cfg.update(name="passkey", num_epochs=2, passkey_seed=3, passkey_eval_examples=5)
+  kwargs = pipeline.builder_kwargs(cfg, seq_len=512)
+  assert (kwargs["seed"], kwargs["num_eval_examples"]) == (3, 5)
+  with pytest.raises(TypeError):
+    cfg.num_epochs = "two"  # typed: a command-line override is parsed as an int

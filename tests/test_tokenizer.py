@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
+import infini_jax.data as data
 from infini_jax.data import passkey
 from infini_jax.data import tokenizer as toklib
 from infini_jax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, get_tokenizer
@@ -75,3 +77,28 @@ def test_passkey_length_with_sentencepiece_is_within_tolerance(sp_model):
     assert abs(len(tok.encode(ex["prompt"])) - length) <= passkey.SPM_LENGTH_TOLERANCE
     assert ex["prompt"].endswith(passkey.QUESTION)
     assert f"The pass key is {ex['answer']}." in ex["prompt"]
+
+
+def test_token_records_refuse_a_sentencepiece_model_changed_since_prepare(tmp_path):
+  """Records are SentencePiece ids of the model they were made with; a model retrained at the
+  same path would read them as other pieces, so a run with it is refused and told the fix."""
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  lines = [f"document {i}: the quick brown fox jumps over {i * 7} lazy dogs\n" for i in range(40)]
+  for i in range(40):
+    (corpus / f"doc{i}.txt").write_text(lines[i] * 10)
+  model = tmp_path / "spm" / "tok.model"
+  tok = toklib.train_sentencepiece(lines, vocab_size=300, out=model)
+  cfg = ConfigDict({"name": "text_files", "data_dir": str(tmp_path / "tfds"),
+                    "tokenizer": str(model), "text_glob": str(corpus), "train_split": "train",
+                    "num_epochs": None})
+  data.prepare_from_config(cfg)
+  records = data.open_tokens(cfg, "train")
+  texts = data.load_source("text_files", "train", cfg.data_dir, text_glob=str(corpus))
+  assert records.info["tokenizer"] == tok.fingerprint and tok.fingerprint.startswith("spm-")
+  assert records.document(0).tolist() == [tok.bos_id] + tok.encode(texts[0]) + [tok.eos_id]
+  toklib.train_sentencepiece(lines, vocab_size=320, out=model)  # retrained in place
+  for use in (lambda: data.make_train_iterator(cfg, 64, 16, 2, seed=0),
+              lambda: data.prepare_from_config(cfg)):
+    with pytest.raises(ValueError, match=r"made by tokenizer spm-\w+ .*delete .*tokenize again"):
+      use()

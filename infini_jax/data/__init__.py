@@ -2,7 +2,7 @@
 
 Typical use (the trainer):
 
-    prepare_from_config(config.data, seq_len)             # no-op once the dataset exists
+    prepare_from_config(config.data, seq_len)   # dataset + token records; no-op once they exist
     it = make_train_iterator(config.data, seq_len, segment_len, global_batch, seed,
                              jax.process_index(), jax.process_count())
     batch = next(it)                          # {"inputs", "targets", "mask", "weights"}
@@ -27,6 +27,9 @@ _EXPORTS = {
     "iter_eval_documents": "pipeline",
     "iter_passkey_prompts": "pipeline",
     "make_train_iterator": "pipeline",
+    "open_tokens": "pipeline",
+    "TokenRecords": "tokens",
+    "prepare_tokens": "tokens",
     "prepare_from_config": "pipeline",
     "train_iterator": "pipeline",
 }

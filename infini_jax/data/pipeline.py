@@ -10,13 +10,14 @@ the last `answer_tokens` targets before each document's EOS, which weigh `answer
 passkey document ends in its answer: data.answer_weight up-weights retrieval in the loss).
 
 The last window's short tail is padded (PAD, mask False) and never glued to the next document,
-so the model's memory never carries across documents. The corpus is tokenized once, when the
-pipeline is built, into one flat array; the window list (document, start) is computed from the
-lengths, and windows are cut lazily from it inside a grain `MapDataset`, so any batch of any
-epoch is random access:
+so the model's memory never carries across documents. The corpus is tokenized once, at prepare
+time, into token records (`tokens.py`: per-document array_record chunks beside the dataset);
+the window list (document, start) is a function of the document lengths alone (O(documents)),
+and windows are read lazily from the records inside a grain `MapDataset`, so any batch of any
+epoch is random access, and neither the start-up time nor the memory grows with the corpus:
 
     range(windows).shuffle(seed).repeat(epochs)[: whole global batches]
-      .batch(local rows)[process_index::process_count].map(cut windows) -> to_iter_dataset
+      .batch(local rows)[process_index::process_count].map(read windows) -> to_iter_dataset
 
 Consecutive groups of `local = global / process_count` shuffled windows, dealt round-robin to the
 processes: process p's k-th batch is rows p*local:(p+1)*local of the k-th global batch a single
@@ -25,11 +26,17 @@ process would see. The iterator is a grain `DatasetIterator`; its state is
 with the same arguments resumes with exactly the batches the uninterrupted one would have given.
 Save it with orbax as `grain.checkpoint.CheckpointSave(it)` (restore: `CheckpointRestore(it)`), or
 store the dict in the checkpoint's JSON metadata.
+
+Reading a window is one or two 128 KiB record reads and a copy (tens of microseconds), so one
+prefetch thread keeps far ahead of training: grain's worker processes would cost more than the
+map they spread (bench/data.py measures it).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -37,7 +44,7 @@ import grain
 import numpy as np
 from ml_collections import ConfigDict
 
-from infini_jax.data import booksum, passkey, sources
+from infini_jax.data import booksum, passkey, sources, tokens
 from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
 
 
@@ -48,6 +55,7 @@ class TokenizedCorpus:
 
   tokens: np.ndarray  # [total] uint16 when the vocabulary fits (half the memory), else int32
   offsets: np.ndarray  # [num_documents + 1] int64
+  weights: np.ndarray | None = None  # [total] float32: each token's weight as a target
   # [total] each token's loss weight as a target, when the dataset sets them (booksum: the
   # summary alone); None: every target weighs 1 (answer_weight aside).
   weights: np.ndarray | None = None
@@ -62,36 +70,61 @@ class TokenizedCorpus:
   def document(self, i: int) -> np.ndarray:
     return self.tokens[self.offsets[i]:self.offsets[i + 1]].astype(np.int32)
 
+  def read(self, doc: int, lo: int, hi: int) -> np.ndarray:
+    """Document doc's ids [lo, hi), as `tokens.TokenRecords.read`."""
+    return self.tokens[self.offsets[doc] + lo:self.offsets[doc] + hi]
+
 
 def tokenize_corpus(documents: Sequence[str], tokenizer: Tokenizer) -> TokenizedCorpus:
-  dtype = np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32
-  bos, eos = np.array([tokenizer.bos_id], dtype), np.array([tokenizer.eos_id], dtype)
-  pieces = []
-  for text in documents:
-    pieces += [bos, tokenizer.encode_array(text).astype(dtype), eos]
-  lengths = np.array([len(p) for p in pieces[1::3]], np.int64) + 2
-  offsets = np.concatenate([[0], np.cumsum(lengths)])
-  tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
-  return TokenizedCorpus(tokens, offsets)
+  """Documents tokenized in memory (tests, small corpora; runs read prepared token records)."""
+  dtype = tokens.token_dtype(tokenizer)
+  pieces = [tokens.document_ids(tokenizer, text, dtype) for text in documents]
+  lengths = np.array([len(p) for p in pieces], np.int64)
+  offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+  flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
+  return TokenizedCorpus(flat, offsets)
+
+
+class Windows:
+  """Window w -> (document, first input position), from the lengths alone: O(documents) memory.
+
+  Document d (L tokens, L - 1 targets) has ceil((L - 1) / T) windows, numbered in document order.
+  `windows[ids]` is int64 [len(ids), 2], like `window_index(lengths, T)[ids]`.
+  """
+
+  def __init__(self, lengths: np.ndarray, seq_len: int):
+    lengths = np.asarray(lengths, np.int64)
+    self.per_doc = (lengths - 1 + seq_len - 1) // seq_len  # [D] windows covering L - 1 targets
+    self.ends = np.cumsum(self.per_doc)  # [D] one past each document's last window
+    self.seq_len = seq_len
+
+  def __len__(self) -> int:
+    return int(self.ends[-1]) if len(self.ends) else 0
+
+  def __getitem__(self, ids: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids, np.int64)
+    docs = np.searchsorted(self.ends, ids, side="right")
+    starts = (ids - (self.ends[docs] - self.per_doc[docs])) * self.seq_len
+    return np.stack([docs, starts], axis=-1)
 
 
 def window_index(lengths: np.ndarray, seq_len: int) -> np.ndarray:
   """[W, 2] int64 (document, first input position) of every window; L - 1 targets per document."""
-  lengths = np.asarray(lengths, np.int64)
-  per_doc = (lengths - 1 + seq_len - 1) // seq_len  # [D] windows covering L - 1 targets
-  docs = np.repeat(np.arange(len(lengths)), per_doc)
-  first = np.repeat(np.cumsum(per_doc) - per_doc, per_doc)
-  starts = (np.arange(len(docs)) - first) * seq_len
-  return np.stack([docs, starts], axis=1)
+  windows = Windows(lengths, seq_len)
+  return windows[np.arange(len(windows))]
 
 
 class CutWindows:
   """[B] window ids -> {"inputs", "targets": int32 [B, T], "mask": bool [B, T],
-  "weights": float32 [B, T]}."""
+  "weights": float32 [B, T]}.
 
-  def __init__(self, corpus: TokenizedCorpus, windows: np.ndarray, seq_len: int, pad_id: int,
-               answer_tokens: int = 0, answer_weight: float = 1.0):
+  corpus: `.lengths` and `.read(doc, lo, hi)` (TokenizedCorpus or tokens.TokenRecords).
+  """
+
+  def __init__(self, corpus: TokenizedCorpus | tokens.TokenRecords, windows: Windows | np.ndarray,
+               seq_len: int, pad_id: int, answer_tokens: int = 0, answer_weight: float = 1.0):
     self.corpus, self.windows, self.seq_len, self.pad_id = corpus, windows, seq_len, pad_id
+    self.lengths = np.asarray(corpus.lengths)
     self.answer_tokens, self.answer_weight = answer_tokens, answer_weight
 
   def __call__(self, window_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -100,19 +133,19 @@ class CutWindows:
     targets = np.full((rows, T), self.pad_id, np.int32)
     mask = np.zeros((rows, T), bool)
     weights = np.zeros((rows, T), np.float32)
-    tokens, offsets = self.corpus.tokens, self.corpus.offsets
     for r, (doc, start) in enumerate(self.windows[np.asarray(window_ids)]):
-      lo, end = offsets[doc] + start, offsets[doc + 1]
-      chunk = tokens[lo:min(lo + T + 1, end)]  # [n + 1]: n inputs, n targets
+      length = int(self.lengths[doc])
+      chunk = self.corpus.read(int(doc), int(start), min(start + T + 1, length))  # n + 1 ids
       n = len(chunk) - 1
       inputs[r, :n] = chunk[:-1]
       targets[r, :n] = chunk[1:]
       mask[r, :n] = True
-      at = lo + 1 + np.arange(n)  # where each target sits in the corpus; EOS is at end - 1
-      answer = (at >= end - 1 - self.answer_tokens) & (at < end - 1)
+      at = start + 1 + np.arange(n)  # where each target sits in its document; EOS at length - 1
+      answer = (at >= length - 1 - self.answer_tokens) & (at < length - 1)
       weights[r, :n] = np.where(answer, self.answer_weight, 1.0)
-      if self.corpus.weights is not None:
-        weights[r, :n] = self.corpus.weights[lo + 1:lo + 1 + n]
+      if isinstance(self.corpus, TokenizedCorpus) and self.corpus.weights is not None:
+        first = self.corpus.offsets[doc] + start + 1  # BookSum: each target's own weight
+        weights[r, :n] = self.corpus.weights[first:first + n]
     return {"inputs": inputs, "targets": targets, "mask": mask, "weights": weights}
 
 
@@ -140,7 +173,7 @@ def check_batch(global_batch_size: int, process_index: int, process_count: int) 
 
 
 def train_iterator(
-    documents: Sequence[str] | TokenizedCorpus,
+    documents: Sequence[str] | tokens.TokenRecords | TokenizedCorpus,
     tokenizer: Tokenizer,
     seq_len: int,
     segment_len: int,
@@ -156,15 +189,16 @@ def train_iterator(
 ) -> grain.DatasetIterator:
   """Training batches of this process from documents (see the module docstring).
 
-  num_epochs None repeats forever (each epoch shuffled differently); a finite count ends the
-  iterator after the last whole global batch. The last answer_tokens targets before each
-  document's EOS weigh answer_weight in the loss.
+  documents: prepared token records (what runs use), a tokenized corpus, or strings, tokenized
+  here in memory (tests and small corpora). num_epochs None repeats forever (each epoch
+  shuffled differently); a finite count ends the iterator after the last whole global batch.
+  The last answer_tokens targets before each document's EOS weigh answer_weight in the loss.
   """
   check_lengths(seq_len, segment_len)
   local = check_batch(global_batch_size, process_index, process_count)
-  corpus = (documents if isinstance(documents, TokenizedCorpus)
+  corpus = (documents if isinstance(documents, (TokenizedCorpus, tokens.TokenRecords))
             else tokenize_corpus(documents, tokenizer))
-  windows = window_index(corpus.lengths, seq_len)
+  windows = Windows(corpus.lengths, seq_len)
   if len(windows) == 0:
     raise ValueError("no documents to train on: the training split is empty")
   ds = grain.MapDataset.range(len(windows)).shuffle(seed=seed).repeat(num_epochs)
@@ -194,8 +228,8 @@ def _passkey_kwargs(data_cfg: ConfigDict, seq_len: int | None) -> dict[str, Any]
   return {"length": length, "digits": digits,
           "position": str(data_cfg.get("passkey_position", "random")),
           "num_examples": int(data_cfg.get("passkey_examples", 1000)),
-          "num_eval_examples": int(data_cfg.get("passkey_eval_examples", 100)),
-          "seed": int(data_cfg.get("passkey_seed", 0)),
+          "num_eval_examples": int(data_cfg.passkey_eval_examples),
+          "seed": int(data_cfg.passkey_seed),
           "tokenizer": data_cfg.tokenizer,
           "jitter": int(data_cfg.get("passkey_jitter", 0))}
 
@@ -216,14 +250,55 @@ def builder_kwargs(data_cfg: ConfigDict, seq_len: int | None = None) -> dict[str
   return _CONFIG_TO_KWARGS[data_cfg.name](data_cfg, seq_len)
 
 
-def prepare_from_config(data_cfg: ConfigDict, seq_len: int | None = None) -> None:
-  """Prepares the config's dataset if it is one of ours (a fast no-op once done).
+def prepare_from_config(data_cfg: ConfigDict, seq_len: int | None = None,
+                        workers: int | None = None) -> None:
+  """Prepares the config's dataset (ours; pg19 must be built elsewhere) and tokenizes each of
+  its splits into token records with data.tokenizer (a fast no-op once done).
 
-  Multi-host: call it on one process per shared data_dir, then wait for it (a barrier), or
-  give every host its own local data_dir.
+  workers: tokenizer processes (default: all cores for splits of 64 MB or more). Multi-host:
+  call it on one process per shared data_dir, then wait for it (a barrier), or give every host
+  its own local data_dir. Raises if the split was tokenized by another tokenizer.
   """
-  if data_cfg.name in sources.EMBEDDED:
-    sources.prepare(data_cfg.name, data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
+  kwargs = builder_kwargs(data_cfg, seq_len)
+  name, data_dir = data_cfg.name, data_cfg.data_dir
+  if name in sources.EMBEDDED:
+    sources.prepare(name, data_dir, **kwargs)
+  builder = sources.prepared_builder(name, data_dir, **kwargs)
+  for split in sorted(builder.info.splits):
+    out = tokens.tokens_dir(builder.data_dir, data_cfg.tokenizer, split)
+    if os.path.exists(os.path.join(out, "info.json")):
+      tokens.TokenRecords(out, get_tokenizer(data_cfg.tokenizer))  # refuses another tokenizer
+      continue
+    with sources.prepare_lock(data_dir, name):  # one process tokenizes, the others reuse it
+      tokens.prepare_tokens(
+          functools.partial(sources.load_source, name, split, data_dir, **kwargs),
+          data_cfg.tokenizer, out, num_bytes=int(builder.info.splits[split].num_bytes),
+          workers=workers, description=f"{name}/{split}")
+
+
+def open_tokens(data_cfg: ConfigDict, split: str, seq_len: int | None = None
+                ) -> tokens.TokenRecords:
+  """The prepared token records of a config's split; a one-line error naming the fix."""
+  kwargs = builder_kwargs(data_cfg, seq_len)
+  builder = sources.prepared_builder(data_cfg.name, data_cfg.data_dir, **kwargs)
+  return _open_split(builder, split, data_cfg.tokenizer, get_tokenizer(data_cfg.tokenizer),
+                     f"{data_cfg.name}/{split}")
+
+
+def _open_split(builder, split: str, tokenizer_name: str, tokenizer: Tokenizer,
+                what: str) -> tokens.TokenRecords:
+  available = sorted(builder.info.splits)
+  if split not in available:
+    raise ValueError(f"{what}: no {split!r} split in {builder.data_dir} (its splits: "
+                     f"{', '.join(available)}); a corpus of few files can leave a split empty: "
+                     "add files or pick another")
+  path = tokens.tokens_dir(builder.data_dir, tokenizer_name, split)
+  if not os.path.exists(os.path.join(path, "info.json")):
+    raise FileNotFoundError(
+        f"{what} is not tokenized with {tokenizer_name!r} in {path}: run "
+        "infini_jax.data.prepare_from_config(config.data, config.seq_len) once (the trainer "
+        "does this at start)")
+  return tokens.TokenRecords(path, tokenizer)
 
 
 def make_train_iterator(
@@ -250,7 +325,7 @@ def make_train_iterator(
     prompt up to that many tokens shorter, so the answer lands at any offset of a segment):
     passkey only.
     answer_weight: passkey only, the loss weight of the answer's digits (default 1).
-    num_epochs: optional; None (default) repeats forever.
+    num_epochs: None repeats forever (the default); a count ends after that many epochs.
 
   Returns a grain DatasetIterator of {"inputs", "targets": int32 [B, T], "mask": bool [B, T],
   "weights": float32 [B, T]} with B = global_batch_size / process_count; checkpoint it through
@@ -259,16 +334,18 @@ def make_train_iterator(
   check_lengths(seq_len, segment_len)
   check_batch(global_batch_size, process_index, process_count)
   n_answer = answer_tokens(data_cfg)
-  documents = sources.load_source(data_cfg.name, data_cfg.get("train_split", "train"),
-                                  data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
-  # --- BookSum: the loss on the summary alone (infini_jax/data/booksum.py). ---
+  # --- BookSum: the loss on the summary alone (infini_jax/data/booksum.py), tokenized here. ---
   if data_cfg.name == "booksum":
-    documents = TokenizedCorpus(*booksum.tokenize(
+    documents = sources.load_source(data_cfg.name, data_cfg.get("train_split", "train"),
+                                    data_cfg.data_dir, **builder_kwargs(data_cfg, seq_len))
+    records = TokenizedCorpus(*booksum.tokenize(
         documents.records, get_tokenizer(data_cfg.tokenizer), seq_len,
         summary_only=bool(data_cfg.get("booksum_summary_only", True))))
-  return train_iterator(documents, get_tokenizer(data_cfg.tokenizer), seq_len, segment_len,
+  else:
+    records = open_tokens(data_cfg, data_cfg.get("train_split", "train"), seq_len)
+  return train_iterator(records, get_tokenizer(data_cfg.tokenizer), seq_len, segment_len,
                         global_batch_size, seed, process_index=process_index,
-                        process_count=process_count, num_epochs=data_cfg.get("num_epochs"),
+                        process_count=process_count, num_epochs=data_cfg.num_epochs,
                         answer_tokens=n_answer,
                         answer_weight=float(data_cfg.get("answer_weight", 1.0)))
 
@@ -298,18 +375,28 @@ def iter_eval_documents(
 ) -> Iterator[np.ndarray]:
   """Whole documents, untruncated, in the stored (deterministic) order: int32 [BOS + doc + EOS].
 
-  Documents with fewer than `min_length` tokens (BOS and EOS included) are skipped; at most
-  `max_documents` are yielded.
+  Read from the split's token records when it was tokenized with this tokenizer at prepare
+  time, else tokenized here. Documents with fewer than `min_length` tokens (BOS and EOS
+  included) are skipped; at most `max_documents` are yielded.
   """
   tok = _tokenizer(tokenizer)
+  tokenizer_name = tokenizer if isinstance(tokenizer, str) else getattr(tok, "path", "byte")
   # Builders that take the tokenizer (passkey: lengths in tokens) get the one named here.
-  builder_kwargs = {k: tokenizer if k == "tokenizer" else v for k, v in builder_kwargs.items()}
-  documents = sources.load_source(name, split, data_dir, **builder_kwargs)
+  builder_kwargs = {k: tokenizer_name if k == "tokenizer" else v
+                    for k, v in builder_kwargs.items()}
+  builder = sources.prepared_builder(name, data_dir, **builder_kwargs)
+  if os.path.exists(os.path.join(tokens.tokens_dir(builder.data_dir, tokenizer_name, split),
+                                 "info.json")):
+    records = _open_split(builder, split, tokenizer_name, tok, f"{name}/{split}")
+    docs = (records.document(d) for d in range(len(records)))
+  else:
+    dtype = tokens.token_dtype(tok)
+    docs = (tokens.document_ids(tok, text, dtype).astype(np.int32)
+            for text in sources.load_source(name, split, data_dir, **builder_kwargs))
   yielded = 0
-  for text in documents:
+  for ids in docs:
     if max_documents is not None and yielded >= max_documents:
       return
-    ids = np.concatenate([[tok.bos_id], tok.encode_array(text), [tok.eos_id]]).astype(np.int32)
     if len(ids) >= min_length:
       yielded += 1
       yield ids

@@ -79,7 +79,7 @@ def prepare(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.Datase
     return builder
   # Runs started side by side on one data_dir would both generate and then race to rename their
   # finished copies into place; the second one crashed. One prepares, the others wait and reuse.
-  with _prepare_lock(data_dir, name):
+  with prepare_lock(data_dir, name):
     builder = _builder(name, data_dir, builder_kwargs)  # what another process may have written
     if not builder.is_prepared():
       builder.download_and_prepare(
@@ -88,7 +88,7 @@ def prepare(name: str, data_dir: str, **builder_kwargs: Any) -> tfds.core.Datase
 
 
 @contextlib.contextmanager
-def _prepare_lock(data_dir: str, name: str) -> Iterator[None]:
+def prepare_lock(data_dir: str, name: str) -> Iterator[None]:
   """An exclusive lock on data_dir/name for this machine's processes (a no-op on gs:// etc.)."""
   if "://" in os.fspath(data_dir):
     yield
