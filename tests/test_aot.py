@@ -89,7 +89,7 @@ def state_shards(config):
   variables = nnx.split(model)[1]
   params = nnx.to_pure_dict(variables)
   param_sh = sh.param_shardings(variables, mesh, sh.check_rules(config.sharding_rules))
-  tx, _ = optim.make(config.optimizer, config.train.steps)
+  tx, _ = optim.make(config.optimizer, config.train.steps, optim.param_labels(model))
   opt = jax.eval_shape(tx.init, params)
   opt_sh = statelib.opt_state_shardings(opt, params, param_sh, mesh)
   return [d.shard_shape(x.shape) for x, d in zip(

@@ -190,10 +190,12 @@ def test_config_follows_the_paper():
 def test_runlocal_runs_both_stages_and_the_evaluator(tmp_path):
   pre = runlocal(tmp_path, "pretrain")
   pre.train.update(steps=3, log_every=1, checkpoint_every=3, peak_flops=1e11)
+  pre.optimizer.warmup_steps = 1
   done = trainer.train_and_evaluate(pre, str(tmp_path / "pre"))
   assert done["step"] == 3 and math.isfinite(done["loss"])
   ft = runlocal(tmp_path, "finetune")
   ft.train.update(steps=3, log_every=1, checkpoint_every=3, peak_flops=1e11)
+  ft.optimizer.warmup_steps = 1
   ft.init_from = str(tmp_path / "pre" / "checkpoints")
   done = trainer.train_and_evaluate(ft, str(tmp_path / "ft"))
   assert done["step"] == 3 and math.isfinite(done["loss"])
