@@ -1,11 +1,20 @@
-"""memory.py against a float64 NumPy transcription of the paper's equations (3)-(5)."""
+"""The Infini memory (infini_jax/memories/infini.py) and its options' hooks against a float64
+NumPy transcription of the paper's equations (3)-(5)."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from infini_jax import memory as memlib
+from infini_jax import memories
+from infini_jax.memories import infini, options
+from infini_jax.memories.infini import CompressiveMemory
+from infini_jax.model import ModelConfig
+from tests.conftest import TINY
+
+RULES = tuple(memories.RULES)
 
 
 def np_sigma(x):
@@ -68,105 +77,150 @@ def random(shape, seed):
   return np.random.default_rng(seed).normal(size=shape)
 
 
-@pytest.mark.parametrize("rule", memlib.RULES)
+def layer(N, K, H, rule="linear", parts=()):
+  """The paper's memory (Infini) of N query and K key/value heads, with option parts."""
+  return memories.Infini(N, K, H, rule=memories.RULES[rule](), context=memories.Local(K, H),
+                         gate=memories.Gate(N, 0.0), options=list(parts))
+
+
+def empty(B, K, H, V):
+  return CompressiveMemory(jnp.zeros((B, K, H, V), jnp.float32), jnp.zeros((B, K, H), jnp.float32))
+
+
+def write(mem, k, v, rule, mask=None, strength=None, parts=()):
+  """One segment's write as `Infini.__call__` makes it: each token's weight is its mask (and a
+  given write strength [B, T, K]); the options see the mask too."""
+  B, T, K, H = k.shape
+  w = jnp.ones((B, T, K), jnp.float32)
+  if mask is not None:
+    w = w * jnp.asarray(mask, jnp.float32)[:, :, None]
+  if strength is not None:
+    w = w * jnp.asarray(strength, jnp.float32)
+  m = layer(K, K, H, rule, parts)
+  return m.write(mem, jnp.asarray(k), jnp.asarray(v), w,
+                 None if mask is None else jnp.asarray(mask))
+
+
+def read(mem, q, rule="linear"):
+  B, T, N, H = q.shape
+  return layer(N, mem.M.shape[1], H, rule).read(mem, jnp.asarray(q))
+
+
+@pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("heads", [(4, 4), (4, 2), (6, 1)])  # (N, K): MHA, GQA, MQA
 def test_stream_of_segments_matches_numpy(rule, heads):
   N, K = heads
   B, T, H, V, S = 2, 5, 4, 3, 3
-  mem = memlib.init_memory(B, K, H, V)
+  mem = empty(B, K, H, V)
   M, z = np.zeros((B, K, H, V)), np.zeros((B, K, H))
   for s in range(S):
-    q, k, v = random((B, T, N, H), 3 * s), random((B, T, K, H), 3 * s + 1), random((B, T, K, V), 3 * s + 2)
+    q, k = random((B, T, N, H), 3 * s), random((B, T, K, H), 3 * s + 1)
+    v = random((B, T, K, V), 3 * s + 2)
     mask = np.ones((B, T), bool)
     mask[1, 3:] = s == S - 1  # the last segment of row 1 ends in padding
-    got = memlib.retrieve(mem, jnp.asarray(q, jnp.float32), rule)
+    got = read(mem, jnp.asarray(q, jnp.float32), rule)
     want = np_retrieve(M, z, q, rule)
     assert got.dtype == jnp.float32 and got.shape == (B, T, N, V)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
-    mem = memlib.update(mem, jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32), rule,
-                        jnp.asarray(mask))
+    mem = write(mem, jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32), rule, mask)
     M, z = np_update(M, z, k, v, rule, mask)
     np.testing.assert_allclose(mem.M, M, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(mem.z, z, rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("rule", memlib.RULES)
+@pytest.mark.parametrize("rule", RULES)
 def test_write_strength_matches_numpy_and_zero_strength_is_no_write(rule):
   B, T, K, H = 2, 6, 2, 4
-  mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(random((B, T, K, H), 0)),
-                      jnp.asarray(random((B, T, K, H), 1)), rule)
+  mem = write(empty(B, K, H, H), random((B, T, K, H), 0), random((B, T, K, H), 1), rule)
   k, v = random((B, T, K, H), 2), random((B, T, K, H), 3)
   strength = np.random.default_rng(4).uniform(size=(B, T, K))
   strength[0, 2:4] = 0.0  # tokens 2 and 3 of row 0 write nothing
   mask = np.ones((B, T), bool)
-  got = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(mask),
-                      jnp.asarray(strength))
+  got = write(mem, k, v, rule, mask, strength)
   M, z = np_update(np.asarray(mem.M, np.float64), np.asarray(mem.z, np.float64), k, v, rule,
                    mask, strength)
   np.testing.assert_allclose(got.M, M, rtol=2e-5, atol=2e-5)
   np.testing.assert_allclose(got.z, z, rtol=2e-5, atol=2e-5)
   skip = mask.copy()
   skip[0, 2:4] = False
-  skipped = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(skip),
-                          jnp.asarray(strength))
+  skipped = write(mem, k, v, rule, skip, strength)
   np.testing.assert_allclose(skipped.M, got.M, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("rule", memlib.RULES)
+def test_write_gate_hook_is_the_write_strength():
+  """WriteGate weighs each token's write by sigmoid(k·w + b) per key/value head, times its mask."""
+  B, T, K, H = 2, 6, 2, 4
+  gate = options.WriteGate(K, H)
+  gate.w[...] = jnp.asarray(random((K, H), 0), jnp.float32)
+  gate.b[...] = jnp.array([1.0, -2.0])
+  k, v = random((B, T, K, H), 1), random((B, T, K, H), 2)
+  mask = np.ones((B, T), bool)
+  mask[1, 4:] = False
+  strength = 1 / (1 + np.exp(-(np.einsum("btkh,kh->btk", k, np.asarray(gate.w[...]))
+                               + np.array([1.0, -2.0]))))
+  got = write(empty(B, K, H, H), k, v, "linear", mask, parts=[gate])
+  M, z = np_update(np.zeros((B, K, H, H)), np.zeros((B, K, H)), k, v, "linear", mask, strength)
+  np.testing.assert_allclose(got.M, M, rtol=2e-5, atol=2e-5)
+  np.testing.assert_allclose(got.z, z, rtol=2e-5, atol=2e-5)
+
+
+def decay_of(values) -> options.Decay:
+  d = options.Decay(len(values))
+  d.logit[...] = jnp.log(jnp.asarray(values) / (1 - jnp.asarray(values)))
+  return d
+
+
+@pytest.mark.parametrize("rule", RULES)
 def test_decay_matches_numpy_and_an_all_padding_segment_keeps_the_memory(rule):
   B, T, K, H, S = 2, 4, 3, 4, 3
-  decay = np.array([0.5, 0.9, 0.99])
-  mem = memlib.init_memory(B, K, H, H)
+  fade = decay_of([0.5, 0.9, 0.99])
+  decay = np.asarray(fade.value(), np.float64)  # γ as the option computes it
+  np.testing.assert_allclose(decay, [0.5, 0.9, 0.99], rtol=1e-6)
+  mem = empty(B, K, H, H)
   M, z = np.zeros((B, K, H, H)), np.zeros((B, K, H))
   for s in range(S):
     k, v = random((B, T, K, H), 2 * s), random((B, T, K, H), 2 * s + 1)
     mask = np.ones((B, T), bool)
     mask[1] = s != 1  # row 1's second segment is all padding
-    mem = memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, jnp.asarray(mask),
-                        decay=jnp.asarray(decay, jnp.float32))
+    mem = write(mem, k, v, rule, mask, parts=[fade])
     M, z = np_update(M, z, k, v, rule, mask, decay=decay)
     np.testing.assert_allclose(mem.M, M, rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(mem.z, z, rtol=2e-5, atol=2e-5)
   # The linear read weighs segment s-j by decay^j: the oldest segment fades most in head 0.
-  linear = memlib.update(memlib.init_memory(1, K, H, H), jnp.ones((1, 1, K, H)),
-                         jnp.ones((1, 1, K, H)), "linear")
-  faded = memlib.update(linear, jnp.ones((1, 1, K, H)), 3 * jnp.ones((1, 1, K, H)), "linear",
-                        decay=jnp.asarray(decay, jnp.float32))
-  read = memlib.retrieve(faded, jnp.ones((1, 1, K, H)))[0, 0, :, 0]  # [K]
-  np.testing.assert_allclose(read, (decay * 1 + 3) / (decay + 1), rtol=1e-5)
-  with pytest.raises(ValueError, match="decay must be"):
-    memlib.update(mem, jnp.asarray(k), jnp.asarray(v), rule, decay=jnp.ones((2,)))
+  ones = jnp.ones((1, 1, K, H))
+  linear = write(empty(1, K, H, H), ones, ones, "linear")
+  faded = write(linear, ones, 3 * ones, "linear", parts=[fade])
+  got = read(faded, ones)[0, 0, :, 0]  # [K]
+  np.testing.assert_allclose(got, (decay * 1 + 3) / (decay + 1), rtol=1e-5)
 
 
 def test_delta_differs_from_linear_once_memory_is_not_empty():
   B, T, K, H = 1, 4, 1, 3
   k, v = jnp.asarray(random((B, T, K, H), 0)), jnp.asarray(random((B, T, K, H), 1))
-  first = {r: memlib.update(memlib.init_memory(B, K, H, H), k, v, r) for r in memlib.RULES}
+  first = {r: write(empty(B, K, H, H), k, v, r) for r in ("linear", "delta")}
   # On the empty memory the delta term reads 0, so both rules write the same thing ...
   np.testing.assert_allclose(first["linear"].M, first["delta"].M, rtol=1e-6)
   # ... and writing the same pairs again changes M far less under delta (they are already stored).
-  again = {r: memlib.update(first[r], k, v, r) for r in memlib.RULES}
+  again = {r: write(first[r], k, v, r) for r in ("linear", "delta")}
   assert jnp.abs(again["delta"].M - first["delta"].M).sum() < 0.5 * jnp.abs(
       again["linear"].M - first["linear"].M).sum()
 
 
-@pytest.mark.parametrize("rule", memlib.RULES)
+@pytest.mark.parametrize("rule", RULES)
 def test_padded_tokens_change_nothing(rule):
   B, T, K, H = 2, 6, 2, 4
-  mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(random((B, T, K, H), 0)),
-                      jnp.asarray(random((B, T, K, H), 1)), rule)
+  mem = write(empty(B, K, H, H), random((B, T, K, H), 0), random((B, T, K, H), 1), rule)
   k, v = jnp.asarray(random((B, T, K, H), 2)), jnp.asarray(random((B, T, K, H), 3))
   mask = jnp.arange(T)[None, :] < jnp.array([[4], [T]])  # row 0 has 2 padded tokens
-  masked = memlib.update(mem, k, v, rule, mask)
+  masked = write(mem, k, v, rule, mask)
   # Same as writing only the real tokens; the garbage in padded k/v must not matter either.
-  trimmed = memlib.update(
-      jax.tree.map(lambda x: x[:1], mem), k[:1, :4], v[:1, :4], rule)
+  trimmed = write(jax.tree.map(lambda x: x[:1], mem), k[:1, :4], v[:1, :4], rule)
   np.testing.assert_allclose(masked.M[0], trimmed.M[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(masked.z[0], trimmed.z[0], rtol=1e-5, atol=1e-6)
-  garbage = memlib.update(mem, k.at[0, 4:].set(1e3), v.at[0, 4:].set(-1e3), rule, mask)
+  garbage = write(mem, k.at[0, 4:].set(1e3), v.at[0, 4:].set(-1e3), rule, mask)
   np.testing.assert_array_equal(garbage.M, masked.M)
   # An all-padding segment leaves the memory exactly as it was.
-  nothing = memlib.update(mem, k, v, rule, jnp.zeros((B, T), bool))
+  nothing = write(mem, k, v, rule, jnp.zeros((B, T), bool))
   np.testing.assert_array_equal(nothing.M, mem.M)
   np.testing.assert_array_equal(nothing.z, mem.z)
 
@@ -178,67 +232,68 @@ def test_deltanet_stores_a_key_that_later_writes_do_not_overlap_exactly_and_stay
   rng = np.random.default_rng(0)
   key = np.zeros((B, 1, K, H)); key[..., 0] = 2.0  # any length: φ makes it unit
   value = rng.normal(size=(B, 1, K, H))
-  mem = memlib.update(memlib.init_memory(B, K, H, H), jnp.asarray(key), jnp.asarray(value),
-                      "deltanet")
+  mem = write(empty(B, K, H, H), jnp.asarray(key, jnp.float32), jnp.asarray(value, jnp.float32),
+              "deltanet")
   filler_k = rng.normal(size=(B, T, K, H)); filler_k[..., 0] = 0.0  # orthogonal to the key
   filler_v = rng.normal(size=(B, T, K, H))
 
-  def write(mem, _):
-    return memlib.update(mem, jnp.asarray(filler_k, jnp.float32),
-                         jnp.asarray(filler_v, jnp.float32), "deltanet"), None
+  def step(mem, _):
+    return write(mem, jnp.asarray(filler_k, jnp.float32), jnp.asarray(filler_v, jnp.float32),
+                 "deltanet"), None
 
-  once, _ = write(mem, None)
-  many, _ = jax.lax.scan(write, mem, None, length=500)  # 8,000 writes of the same 16 pairs
-  read = lambda m: memlib.retrieve(m, jnp.asarray(key, jnp.float32), "deltanet")  # noqa: E731
-  np.testing.assert_allclose(read(many), value, rtol=1e-5, atol=1e-5)
+  once, _ = step(mem, None)
+  many, _ = jax.lax.scan(step, mem, None, length=500)  # 8,000 writes of the same 16 pairs
+  got = read(many, jnp.asarray(key, jnp.float32), "deltanet")
+  np.testing.assert_allclose(got, value, rtol=1e-5, atol=1e-5)
   # The filler pairs converge to stored; writing them again changes nothing (linear would add).
-  again, _ = write(many, None)
+  again, _ = step(many, None)
   np.testing.assert_allclose(again.M, many.M, atol=1e-4)
   assert float(jnp.abs(many.M).max()) < 10 * float(jnp.abs(once.M).max())
   assert (many.z == 0).all()
 
 
 def test_empty_memory_reads_exact_zero_with_finite_gradients():
-  mem = memlib.init_memory(2, 2, 4, 3)
+  mem = empty(2, 2, 4, 3)
   q = jnp.asarray(random((2, 5, 4, 4), 0), jnp.float32)
-  out = memlib.retrieve(mem, q)
+  out = read(mem, q)
   assert (out == 0).all()
 
   def loss(q, M, z):
-    return memlib.retrieve(memlib.CompressiveMemory(M, z), q).sum()
+    return read(CompressiveMemory(M, z), q).sum()
 
   grads = jax.grad(loss, argnums=(0, 1, 2))(q, mem.M, mem.z)
   assert all(bool(jnp.isfinite(g).all()) for g in grads)
 
 
 def test_memory_is_float32_whatever_the_input_dtype():
-  mem = memlib.init_memory(1, 1, 4, 4)
   k = jnp.asarray(random((1, 3, 1, 4), 0), jnp.bfloat16)
-  mem = memlib.update(mem, k, k, "delta")
+  mem = write(empty(1, 1, 4, 4), k, k, "delta")
   assert mem.M.dtype == mem.z.dtype == jnp.float32
-  assert memlib.retrieve(mem, k).dtype == jnp.float32
+  assert read(mem, k).dtype == jnp.float32
+  assert layer(1, 1, 4).init_state(1).memory.M.dtype == jnp.float32
 
 
-def test_bad_input_names_what_is_wrong():
-  mem = memlib.init_memory(2, 2, 4, 3)
-  k, v = jnp.zeros((2, 5, 2, 4)), jnp.zeros((2, 5, 2, 3))
-  with pytest.raises(ValueError, match="unknown memory update rule 'hebbian'"):
-    memlib.update(mem, k, v, "hebbian")
-  with pytest.raises(ValueError, match="k must be"):
-    memlib.update(mem, jnp.zeros((2, 5, 3, 4)), v, "linear")
-  with pytest.raises(ValueError, match="v must be"):
-    memlib.update(mem, k, jnp.zeros((2, 5, 2, 4)), "linear")
-  with pytest.raises(ValueError, match="mask must be"):
-    memlib.update(mem, k, v, "linear", jnp.ones((2, 4), bool))
-  with pytest.raises(ValueError, match="strength must be"):
-    memlib.update(mem, k, v, "linear", strength=jnp.ones((2, 5)))
-  with pytest.raises(ValueError, match="multiple of the memory's key/value heads"):
-    memlib.retrieve(mem, jnp.zeros((2, 5, 3, 4)))
-  with pytest.raises(ValueError, match="q must be"):
-    memlib.retrieve(mem, jnp.zeros((2, 5, 4, 5)))
+def test_sigma_is_exp_to_float32_precision_for_negative_inputs():
+  """σ = ELU + 1 is exp(x) for x <= 0. As expm1(x) + 1 in float32 it is 4e-4 relatively off at
+  -10, 44% high at -17 and 0 at -20: inputs that memory_scale's exp(s) q reaches."""
+  x = np.array([-10.0, -17.0, -20.0, -0.5, 0.0, 0.5, 3.0], np.float32)
+  want = np.where(x > 0, x.astype(np.float64) + 1, np.exp(x.astype(np.float64)))
+  got = np.asarray(infini.sigma(jnp.asarray(x)), np.float64)
+  np.testing.assert_allclose(got, want, rtol=2e-7)
+  old = np.asarray(jax.nn.elu(jnp.asarray(x)) + 1.0, np.float64)  # the formula this replaced
+  assert (np.abs(old - want) / want)[:3].min() > 1e-4
+  assert infini.sigma(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.float32
+
+
+def test_bad_rules_and_head_counts_name_what_is_wrong():
+  with pytest.raises(ValueError, match="unknown model.rule 'hebbian'"):
+    dataclasses.replace(TINY, rule="hebbian")
+  with pytest.raises(ValueError, match="must be a multiple of"):
+    ModelConfig(**{**dataclasses.asdict(TINY), "num_heads": 3})
 
 
 def test_state_size_is_the_papers_formula():
-  mem = memlib.init_memory(1, 8, 128, 128)
-  numbers = mem.M.size + mem.z.size
-  assert numbers == memlib.state_size(8, 128, 128) == 8 * 128 * (128 + 1)
+  mem = layer(8, 8, 128)
+  state = jax.eval_shape(lambda: mem.init_state(1).memory)
+  numbers = state.M.size + state.z.size
+  assert numbers == mem.footprint() == 8 * 128 * (128 + 1)

@@ -12,12 +12,63 @@ from flax import nnx
 
 from infini_jax import evaluate
 from infini_jax import generate as gen
-from infini_jax import memory as memlib
+from infini_jax import memories
 from infini_jax import optim
+from infini_jax.memories import options as opts
+from infini_jax.memories.infini import CompressiveMemory
 from tests.conftest import TINY
 
 T = TINY.segment_len
+H = TINY.head_dim
 forward = nnx.jit(lambda model, x: model(x))
+
+
+def memory(model):
+  """The (stacked) memory module of the model's first stage."""
+  return model.stages[0].blocks.attn.memory
+
+
+def option(model, kind):
+  return next(o for o in memory(model).options if isinstance(o, kind))
+
+
+def put(variable, value):
+  """Sets a stacked [layers, ...] parameter to `value` in every layer."""
+  variable[...] = jnp.broadcast_to(jnp.asarray(value, variable.dtype), variable.shape)
+
+
+def first_block(model):
+  """Layer 0 of the first stage as a Block of its own (parameters unstacked)."""
+  graphdef, state = nnx.split(model.stages[0].blocks)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))
+
+
+def per_layer(grads, *path):
+  """max |gradient| per layer [layers] of the memory parameter at `path` under attn/memory."""
+  g = grads["stages"][0]["blocks"]["attn"]["memory"]
+  for key in path:
+    g = g[key]
+  g = np.abs(np.asarray(g[...]))
+  return g.reshape(g.shape[0], -1).max(axis=1)
+
+
+def label(params, *path):
+  node = optim.param_labels(params)["stages"][0]["blocks"]["attn"]["memory"]
+  for key in path:
+    node = node[key]
+  return node
+
+
+def paper(k, v, w=None, fade=None, memory_state=None):
+  """The paper's linear memory (no option) written with k [B, T, K, H], v and weights w."""
+  plain = memories.Infini(TINY.num_heads, TINY.num_kv_heads, H, rule=memories.Linear(),
+                          context=memories.Local(TINY.num_kv_heads, H),
+                          gate=memories.Gate(TINY.num_heads, 0.0))
+  state = plain.init_state(k.shape[0]).memory if memory_state is None else memory_state
+  if fade is not None:
+    state = CompressiveMemory(state.M * fade[:, None, None], state.z * fade[:, None])
+  w = jnp.ones(k.shape[:3], jnp.float32) if w is None else w
+  return plain.write(state, k, v, w, None)
 
 
 def tokens(seed, length, batch=2):
@@ -47,7 +98,7 @@ def test_token_shift_state_makes_chunks_equal_one_pass(make_model):
   first, state = model(x[:, :T])
   second, _ = model(x[:, T:], state)
   np.testing.assert_allclose(np.concatenate([first, second], 1), whole, rtol=1e-5, atol=1e-5)
-  assert model.init_state(2)[-1].shape == (2, 3)
+  assert model.init_state(2).parts[0].shape == (2, 3)
 
 
 def test_token_shift_started_at_zero_is_the_model_without_it_and_learns(make_model):
@@ -58,9 +109,9 @@ def test_token_shift_started_at_zero_is_the_model_without_it_and_learns(make_mod
   np.testing.assert_allclose(forward(shifted, x)[0], forward(plain, x)[0], rtol=1e-6, atol=1e-6)
   graphdef, params = nnx.split(shifted)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
-  assert np.all(np.abs(np.asarray(grads["shift_mix"][...])).max(axis=1) > 0)  # every offset
+  assert np.all(np.abs(np.asarray(grads["parts"][0]["mix"][...])).max(axis=1) > 0)  # every offset
   ones = make_model(seed=0, token_shift=3)  # the default start: every offset at weight 1
-  np.testing.assert_array_equal(np.asarray(ones.shift_mix[...]), 1.0)
+  np.testing.assert_array_equal(np.asarray(ones.parts[0].mix[...]), 1.0)
   assert np.abs(np.asarray(forward(ones, x)[0]) - np.asarray(forward(plain, x)[0])).max() > 1e-3
 
 
@@ -72,37 +123,34 @@ def test_memory_scale_starts_as_the_paper_and_is_learned(make_model):
   graphdef, params = nnx.split(scaled)
   loss = lambda p: nnx.merge(graphdef, p)(x)[0].std()  # noqa: E731
   grads = jax.grad(loss)(params)
-  g = [np.abs(np.asarray(b["attn"]["memory_scale"][...])).max() for b in grads["blocks"].values()]
-  assert min(g) > 0
-  labels = optim.param_labels(nnx.to_pure_dict(params))
-  assert labels["blocks"][0]["attn"]["memory_scale"] == "gate"  # no decay, the gate's rate
+  assert per_layer(grads, "options", 0, "log_scale").min() > 0
+  assert label(params, "options", 0, "log_scale") == "gate"  # no decay, the gate's rate
 
 
 def test_memory_scale_reads_and_writes_with_scaled_features(make_model):
   """With log-scale s, the layer's memory equals the paper's memory fed exp(s) q and exp(s) k."""
   model = make_model(memory_scale=True, num_layers=1)
-  attn = model.blocks[0].attn
-  attn.memory_scale[...] = jnp.log(jnp.array([0.5, 3.0]))
+  put(option(model, opts.MemoryScale).log_scale, jnp.log(jnp.array([0.5, 3.0])))
+  attn = first_block(model).attn
   x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
-  state = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
+  state = attn.memory.init_state(2)
   _, state = attn(x, state)
   _, state = attn(x, state)
   q = jnp.einsum("BTD,DNH->BTNH", x, attn.wq[...])
   k, v = attn.project_kv(x)
   s = jnp.array([0.5, 3.0])
-  ref = memlib.update(memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim),
-                      k * s[:, None], v, "linear")
-  np.testing.assert_allclose(memlib.update(ref, k * s[:, None], v, "linear").M, state.M,
+  ref = paper(k * s[:, None], v)
+  np.testing.assert_allclose(paper(k * s[:, None], v, memory_state=ref).M, state.memory.M,
                              rtol=1e-5)
   # Query head n reads with kv head n // 2's scale.
-  np.testing.assert_allclose(attn.memory_qk(q, None)[0], q * jnp.repeat(s, 2)[:, None], rtol=1e-6)
+  scale = attn.memory.options[0]
+  np.testing.assert_allclose(scale.query(q), q * jnp.repeat(s, 2)[:, None], rtol=1e-6)
 
 
 def test_memory_scale_decoding_equals_the_scan(make_model):
   model = make_model(memory_scale=True, rule="delta")
-  for block in model.blocks:
-    block.attn.memory_scale[...] = jnp.array([0.7, -0.4])
-    block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  put(option(model, opts.MemoryScale).log_scale, jnp.array([0.7, -0.4]))
+  put(memory(model).gate.beta, jnp.linspace(-2.0, 2.0, TINY.num_heads))
   x = tokens(4, 3 * T + 2)
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
@@ -118,34 +166,34 @@ def test_write_gate_starts_as_the_paper_and_is_learned(make_model, rule):
   np.testing.assert_allclose(forward(gated, x)[0], forward(plain, x)[0], rtol=1e-5, atol=1e-5)
   graphdef, params = nnx.split(gated)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
-  for name in ("write_gate_w", "write_gate_b"):
-    g = [np.abs(np.asarray(b["attn"][name][...])).max() for b in grads["blocks"].values()]
-    assert min(g) > 0, name
-  labels = optim.param_labels(nnx.to_pure_dict(params))
-  assert labels["blocks"][0]["attn"]["write_gate_w"] == "gate"  # no decay, the gate's rate
+  for name in ("w", "b"):
+    assert per_layer(grads, "options", 0, name).min() > 0, name
+    assert label(params, "options", 0, name) == "gate"  # no decay, the gate's rate
 
 
 def test_write_gate_weighs_each_token_by_its_key(make_model):
-  """The layer's memory is memory.update with strength sigmoid(k·w + b) per token and head."""
+  """The layer's memory is the paper's, each token writing with weight sigmoid(k·w + b) per
+  key/value head."""
   model = make_model(write_gate=True, num_layers=1)
-  attn = model.blocks[0].attn
-  attn.write_gate_w[...] = jax.random.normal(jax.random.key(5), attn.write_gate_w.shape)
-  attn.write_gate_b[...] = jnp.array([1.0, -2.0])
+  gate = option(model, opts.WriteGate)
+  gate.w[...] = jax.random.normal(jax.random.key(5), gate.w.shape)
+  put(gate.b, jnp.array([1.0, -2.0]))
+  attn = first_block(model).attn
   x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
-  empty = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
-  _, state = attn(x, empty)
+  _, state = attn(x, attn.memory.init_state(2))
   k, v = attn.project_kv(x)
-  beta = jax.nn.sigmoid(jnp.einsum("BTKH,KH->BTK", k, attn.write_gate_w[...]) + jnp.array([1.0, -2.0]))
-  want = memlib.update(empty, k, v, "linear", strength=beta)
-  np.testing.assert_allclose(state.M, want.M, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(state.z, want.z, rtol=1e-5, atol=1e-6)
+  w = attn.memory.options[0].w[...]
+  beta = jax.nn.sigmoid(jnp.einsum("BTKH,KH->BTK", k, w) + jnp.array([1.0, -2.0]))
+  want = paper(k, v, beta)
+  np.testing.assert_allclose(state.memory.M, want.M, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.memory.z, want.z, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("rule", ["delta", "deltanet"])
 def test_write_gate_decoding_equals_the_scan(make_model, rule):
   model = make_model(write_gate=True, rule=rule)
-  for i, block in enumerate(model.blocks):
-    block.attn.write_gate_w[...] = jax.random.normal(jax.random.key(i), (2, TINY.head_dim))
+  w = option(model, opts.WriteGate).w
+  w[...] = jax.random.normal(jax.random.key(0), w.shape)
   x = tokens(4, 3 * T + 2)
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
@@ -155,30 +203,27 @@ def test_write_gate_decoding_equals_the_scan(make_model, rule):
 
 def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_model):
   model = make_model(memory_decay=True, num_layers=1)
-  attn = model.blocks[0].attn
-  gamma = np.asarray(attn.decay())
+  attn = first_block(model).attn
+  gamma = np.asarray(attn.memory.options[0].value())
   assert gamma.shape == (2,) and 0.4 < gamma.min() < gamma.max() < 1.0  # spread over heads
+  np.testing.assert_allclose(model.decays(), gamma[None], rtol=1e-6)
   reported = dict(evaluate.Gates(None).run(model))  # the gates evaluator reports each γ
   assert [reported[f"decay/layer0/head{j}"] for j in range(2)] == pytest.approx(gamma.tolist())
-  # The layer's memory after two segments is memory.update with that decay.
+  # The layer's memory after two segments is the paper's, faded by γ before each write.
   x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
-  empty = memlib.init_memory(2, 2, TINY.head_dim, TINY.head_dim)
-  _, state = attn(x, empty)
+  _, state = attn(x, attn.memory.init_state(2))
   _, state = attn(x, state)
   k, v = attn.project_kv(x)
-  want = memlib.update(memlib.update(empty, k, v, "linear", decay=attn.decay()), k, v, "linear",
-                       decay=attn.decay())
-  np.testing.assert_allclose(state.M, want.M, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(state.z, want.z, rtol=1e-5, atol=1e-6)
+  want = paper(k, v, fade=gamma, memory_state=paper(k, v, fade=gamma))
+  np.testing.assert_allclose(state.memory.M, want.M, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.memory.z, want.z, rtol=1e-5, atol=1e-6)
 
   model = make_model(memory_decay=True, rule="delta")
   x = tokens(4, 3 * T + 2)
   graphdef, params = nnx.split(model)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
-  g = [np.abs(np.asarray(b["attn"]["memory_decay"][...])).max() for b in grads["blocks"].values()]
-  assert min(g) > 0
-  labels = optim.param_labels(nnx.to_pure_dict(params))
-  assert labels["blocks"][0]["attn"]["memory_decay"] == "gate"  # no weight decay, the gate's rate
+  assert per_layer(grads, "options", 0, "logit").min() > 0
+  assert label(params, "options", 0, "logit") == "gate"  # no weight decay, the gate's rate
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
   logits, _ = decoder.feed(decoder.start(2), x)
@@ -187,25 +232,21 @@ def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_mo
 
 def test_xl_cache_is_xl_beside_the_paper_memory(make_model):
   """With the gates shut the layer is Transformer-XL's; the compressive memory it carries is the
-  paper's; chunks of the stream equal one pass."""
-  from infini_jax import memories
-
+  paper's; chunks of the stream equal one pass. (Decoding it: tests/test_generate.py.)"""
   x = tokens(6, 3 * T + 3)
   cached, xl = make_model(seed=0, xl_cache=True), make_model(seed=0, memory="xl")
-  for block in cached.blocks:
-    block.attn.gate[...] = jnp.full((TINY.num_heads,), -1e9)  # sigmoid 0: local path only
+  put(memory(cached).gate.beta, -1e9)  # sigmoid 0: local path only
   np.testing.assert_allclose(forward(cached, x)[0], forward(xl, x)[0], rtol=1e-5, atol=1e-5)
 
   one, plain = make_model(seed=1, xl_cache=True, num_layers=1), make_model(seed=1, num_layers=1)
   out, state = forward(one, x)
-  np.testing.assert_allclose(state[0].memory.M, forward(plain, x)[1][0].M, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.layers[0].memory.M, forward(plain, x)[1].layers[0].memory.M,
+                             rtol=1e-5, atol=1e-6)
   assert memories.footprint(one.cfg) == memories.footprint(plain.cfg) + memories.footprint(
       dataclasses.replace(one.cfg, memory="xl", xl_cache=False))
   first, carried = one(x[:, :2 * T])
   second, _ = one(x[:, 2 * T:], carried)
   np.testing.assert_allclose(np.concatenate([first, second], 1), out, rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="decoding supports memory=infini \\(without xl_cache\\)"):
-    gen.Decoder(one, chunk_segments=2).start(2)
 
 
 def test_query_gate_starts_as_the_paper_is_learned_and_decodes_as_scanned(make_model):
@@ -218,24 +259,22 @@ def test_query_gate_starts_as_the_paper_is_learned_and_decodes_as_scanned(make_m
 
   graphdef, params = nnx.split(gated)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
-  assert min(np.abs(np.asarray(b["attn"]["gate_w"][...])).max()
-             for b in grads["blocks"].values()) > 0
-  labels = optim.param_labels(nnx.to_pure_dict(params))
-  assert labels["blocks"][0]["attn"]["gate_w"] == "gate"  # no weight decay, the gate's rate
+  assert per_layer(grads, "gate", "w").min() > 0
+  assert label(params, "gate", "w") == label(params, "gate", "beta") == "gate"  # the gate's rate
 
-  for i, block in enumerate(gated.blocks):
-    block.attn.gate_w[...] = jax.random.normal(jax.random.key(i), block.attn.gate_w.shape)
+  gate_w = memory(gated).gate.w
+  gate_w[...] = jax.random.normal(jax.random.key(0), gate_w.shape)
   moved, _ = forward(gated, x)
   assert np.abs(np.asarray(moved) - np.asarray(want)).max() > 1e-3
   decoder = gen.Decoder(gated, chunk_segments=2)
   logits, _ = decoder.feed(decoder.start(2), x)
   np.testing.assert_allclose(logits, moved[:, -1], rtol=1e-5, atol=1e-5)
   # One head's gate per token: with its β at ±∞ the head reads its local context or memory only.
-  attn = gated.blocks[0].attn
+  gate = first_block(gated).attn.memory.gate
   q = jax.random.normal(jax.random.key(9), (2, T, TINY.num_heads, TINY.head_dim))
   a_mem, local = jnp.ones((2, T, TINY.num_heads, 4)), jnp.zeros((2, T, TINY.num_heads, 4))
-  g = np.asarray(attn.mix(a_mem, local, q))[..., 0]  # [B, T, N]: the gate itself
-  want_g = jax.nn.sigmoid(attn.gate[...] + jnp.einsum("BTNH,NH->BTN", q, attn.gate_w[...]))
+  g = np.asarray(gate(a_mem, local, q))[..., 0]  # [B, T, N]: the gate itself
+  want_g = jax.nn.sigmoid(gate.beta[...] + jnp.einsum("BTNH,NH->BTN", q, gate.w[...]))
   np.testing.assert_allclose(g, want_g, rtol=1e-6)
   assert g.std(axis=1).min() > 0  # it varies along the segment
 
@@ -247,8 +286,7 @@ def test_memory_add_keeps_the_local_output_and_adds_the_read(make_model):
   x = tokens(8, 3 * T + 2)
   local, paper = make_model(seed=0, memory="local"), make_model(seed=0)
   added = make_model(seed=0, memory_add=True)
-  for block in added.blocks:
-    block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  put(memory(added).gate.beta, jnp.linspace(-2.0, 2.0, TINY.num_heads))
   want, _ = forward(local, x[:, :T])
   np.testing.assert_allclose(forward(added, x[:, :T])[0], want, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(forward(paper, x[:, :T])[0]) - np.asarray(want)).max() > 1e-3
@@ -262,17 +300,16 @@ def test_memory_add_keeps_the_local_output_and_adds_the_read(make_model):
   logits, _ = decoder.feed(decoder.start(2), x)
   np.testing.assert_allclose(logits, out[:, -1], rtol=1e-5, atol=1e-5)
 
-  attn = added.blocks[0].attn
+  gate = first_block(added).attn.memory.gate
   q = jnp.zeros((2, T, TINY.num_heads, TINY.head_dim))
   ones, zeros = jnp.ones((2, T, TINY.num_heads, 4)), jnp.zeros((2, T, TINY.num_heads, 4))
-  np.testing.assert_allclose(attn.mix(ones, zeros, q)[0, 0, :, 0], attn.gate_value(), rtol=1e-6)
-  np.testing.assert_allclose(attn.mix(zeros, ones, q), ones)  # the local output, whole
+  np.testing.assert_allclose(gate(ones, zeros, q)[0, 0, :, 0], gate.value(), rtol=1e-6)
+  np.testing.assert_allclose(gate(zeros, ones, q), ones)  # the local output, whole
 
 
 def test_deltanet_decoding_equals_the_scan_and_chunks_equal_one_pass(make_model):
   model = make_model(rule="deltanet")
-  for block in model.blocks:
-    block.attn.gate[...] = jnp.linspace(-2.0, 2.0, TINY.num_heads)
+  put(memory(model).gate.beta, jnp.linspace(-2.0, 2.0, TINY.num_heads))
   x = tokens(4, 3 * T + 2)
   want, state = forward(model, x)
   assert np.isfinite(np.asarray(want)).all()
