@@ -145,6 +145,9 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
               f"|g| {grad_norm:.3f}  {last['tokens_per_s']:.0f} tok/s  mfu {last['mfu']:.1%}  "
               f"eta {metrics.duration(last['eta_s'])}", flush=True)
       if saving:  # returns once the arrays are off the devices; orbax writes in the background
+        if not bool(_all_finite(state)):  # a finite loss does not rule out an update to inf
+          raise NonFiniteError(f"the state after step {step} has non-finite values; "
+                               + _stopped(ckpt))
         ckpt.save(step, state, train_iter.get_state())
       if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
         last.update({f"eval/{k}": v for k, v in run_evals(step).items()})
@@ -182,13 +185,25 @@ def _read_finite(unread: list[dict], step: int, ckpt: Checkpointer) -> dict[str,
   for i, v in enumerate(values):
     loss, grad_norm = float(v["loss"]), float(v["grad_norm"])
     if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-      good = ckpt.wait()  # saved states were all checked: any complete checkpoint is good
       raise NonFiniteError(
           f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {first + i} (steps "
-          f"{first}..{step}, read at step {step}); stopped without saving. Last good checkpoint: "
+          f"{first}..{step}, read at step {step}); " + _stopped(ckpt))
+  return {k: float(x) for k, x in values[-1].items()}
+
+
+def _stopped(ckpt: Checkpointer) -> str:
+  """The end of a NonFiniteError: what is on disk, and what to do."""
+  good = ckpt.wait()  # every saved state was checked: any complete checkpoint is good
+  return ("stopped without saving. Last good checkpoint: "
           f"{'none' if good is None else f'step {good} in {ckpt.directory}'}; lower "
           "optimizer.lr or raise optimizer.warmup_steps and rerun.")
-  return {k: float(x) for k, x in values[-1].items()}
+
+
+@jax.jit
+def _all_finite(state) -> jax.Array:
+  """Whether every float in the train state is finite (one pass over it, before each save)."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
 
 
 def _print_everywhere(text: str) -> None:
