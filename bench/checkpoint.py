@@ -1,5 +1,5 @@
-"""The training-step stall around a checkpoint save: blocking (save, then wait for the files) against
-asynchronous (infini_jax.checkpoint.Checkpointer: the step goes on while orbax writes).
+"""The training-step stall around a checkpoint save: blocking (save, then wait for the files)
+against asynchronous (infini_jax.checkpoint.Checkpointer: the step goes on while orbax writes).
 
 A model of about 110M parameters (d_model 1024, 8 layers, FFN 4096, byte vocabulary; AdamW state
 alongside: about 1.3 GB saved each time), batch 1 x 128 tokens, the trainer's jitted step
@@ -81,8 +81,8 @@ def main():
     state = setup.init(jax.random.key(0))
     batch = setup.global_batch(raw)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    print(f"{setup.num_params / 1e6:.1f}M parameters, {state_bytes / 2**30:.2f} GiB of state saved; "
-          f"{args.steps} steps per phase, a save every {args.every}", flush=True)
+    print(f"{setup.num_params / 1e6:.1f}M parameters, {state_bytes / 2**30:.2f} GiB of state "
+          f"saved; {args.steps} steps per phase, a save every {args.every}", flush=True)
     state, _ = setup.train_step(state, batch)  # compile
     jax.block_until_ready(state)
     results = {}

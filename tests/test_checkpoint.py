@@ -1,4 +1,4 @@
-"""The Checkpointer: saves in the background, and resumes from the newest checkpoint that restores."""
+"""The Checkpointer: saves in the background; resumes from the newest checkpoint that restores."""
 
 import glob
 import os
