@@ -1,8 +1,8 @@
 """The training-step stall around a checkpoint save: blocking (save, then wait for the files)
 against asynchronous (infini_jax.checkpoint.Checkpointer: the step goes on while orbax writes).
 
-A model of about 110M parameters (d_model 1024, 8 layers, FFN 4096, byte vocabulary; AdamW state
-alongside: about 1.3 GB saved each time), batch 1 x 128 tokens, the trainer's jitted step
+A model of 134.8M parameters (d_model 1024, 8 layers, FFN 4096, byte vocabulary; with the AdamW
+state, 1.51 GiB saved each time), batch 1 x 128 tokens, the trainer's jitted step
 (infini_jax.state.build). Three phases of `--steps` steps in one process, the same data:
   none      no saves
   blocking  a save every `--every` steps, waited for at once (what Checkpointer.save did before)
@@ -11,7 +11,9 @@ alongside: about 1.3 GB saved each time), batch 1 x 128 tokens, the trainer's ji
 Each step is timed to block_until_ready (the trainer does not wait; the bench must, to attribute
 time to steps). A save is counted in the time of the step it follows. Reported per phase: mean
 step time of the steps with a save and of those without, and the whole phase's time over the
-no-save phase's (the stall per save, background writing's contention included).
+no-save phase's (the stall per save, background writing's contention included). The phases run
+one after another: on a shared machine a change of load between them shows in the totals, so
+compare a phase's steps with and without a save first.
 
   nice python -m bench.checkpoint     # a few minutes on 2 cores; writes bench/out/checkpoint.json
 """
