@@ -7,37 +7,64 @@ is the grain iterator's JSON state, so a resumed run reads exactly the batches i
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 
 
 class Checkpointer:
+  """Saves in the background: `save` returns once the arrays are copied off the devices, and
+  orbax writes the files while training goes on.
+
+  When a checkpoint counts as saved: orbax writes step N into a temporary folder and renames it
+  to checkpoints/N only once every file is written, so a folder N means a complete checkpoint
+  that a SIGKILL cannot undo. `wait()` returns only after that rename; the trainer reports a
+  checkpoint as saved only after it.
+  """
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True),
     )
 
   def latest_step(self) -> int | None:
+    """The newest step saved or being saved (`wait()` first for a complete one)."""
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, data_state: dict | None = None) -> None:
-    """Saves and waits: a checkpoint that is reported saved survives a SIGKILL right after."""
+    """Starts saving `step`: waits for the previous save to finish, copies the arrays off the
+    devices (after which the caller may donate or change them), and returns while orbax writes.
+    """
     items = {"state": ocp.args.StandardSave(state)}
     if data_state is not None:
-      items["data"] = ocp.args.JsonSave(data_state)
+      # A copy: the iterator's state must be the one of this step, whatever it does next.
+      items["data"] = ocp.args.JsonSave(json.loads(json.dumps(data_state)))
     self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def wait(self) -> int | None:
+    """Waits for the save in progress; returns the newest complete step (None: none yet)."""
     self.manager.wait_until_finished()
+    return self.manager.latest_step()
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process has agreed to save `step` and stop (jax.distributed's preemption
+    sync: a SIGTERM to any one process reaches all of them). Call it at every step, on every
+    process. Always False in a single-process run (no jax.distributed)."""
+    return self.manager.reached_preemption(step)
 
   def _existing_step(self, step: int | None) -> int:
     """`step`, or the latest one when None; a clear error when there is no such checkpoint."""
+    self.wait()
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}; train first (python train.py)")
@@ -48,14 +75,60 @@ class Checkpointer:
 
   def restore(self, abstract_state: Any, step: int | None = None,
               with_data: bool = True) -> tuple[Any, dict | None]:
-    """(state, data_state) of `step` (default: the latest) into the shapes of abstract_state."""
+    """(state, data_state) of `step` (default: the latest) into the shapes of abstract_state;
+    data_state is None where the checkpoint has none or with_data=False."""
     step = self._existing_step(step)
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
     has_data = with_data and os.path.isdir(os.path.join(self.directory, str(step), "data"))
-    if has_data:
+    return self._restore_step(abstract_state, step, has_data)
+
+  def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int]:
+    """(state, data_state, step) of the newest checkpoint that restores, for resuming training.
+
+    A checkpoint that fails to restore (truncated or missing files, no data iterator state) is
+    skipped with a one-line warning on stderr and moved aside to checkpoints/STEP.unreadable, so
+    that training can write that step again; where none restores, a one-line RuntimeError names
+    them all and nothing is moved.
+    """
+    self._existing_step(None)
+    failed = []
+    for candidate in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        state, data = self._restore_step(abstract_state, candidate, True)
+        ok = True
+      except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many kinds)
+        ok, reason = False, _one_line(e)
+      if not _everywhere(ok):  # every process falls back to the same step
+        failed.append((candidate, reason if not ok else "failed on another process"))
+        continue
+      if failed:
+        self._set_aside([s for s, _ in failed])
+        if jax.process_index() == 0:
+          bad = ", ".join(f"step {s} ({why})" for s, why in failed)
+          moved = ", ".join(f"{s}.unreadable" for s, _ in failed)
+          print(f"warning: the checkpoint of {bad} in {self.directory} does not restore; moved "
+                f"it to {moved} and resumed from step {candidate}", file=sys.stderr, flush=True)
+      return state, data, candidate
+    raise RuntimeError(
+        f"no checkpoint in {self.directory} restores: " + "; ".join(
+            f"step {s}: {why}" for s, why in failed) + "; move them away to start afresh")
+
+  def _restore_step(self, abstract_state: Any, step: int, with_data: bool) -> tuple[Any, dict]:
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if with_data:
+      if not os.path.isdir(os.path.join(self.directory, str(step), "data")):
+        raise FileNotFoundError(f"no data iterator state ({step}/data is missing)")
       items["data"] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], (restored["data"] if has_data else None)
+    return restored["state"], (restored["data"] if with_data else None)
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Renames checkpoints/STEP to STEP.unreadable (kept for inspection, out of orbax's sight)."""
+    if jax.process_index() == 0:
+      for step in steps:
+        (epath.Path(self.directory) / str(step)).rename(
+            epath.Path(self.directory) / f"{step}.unreadable")
+    multihost_utils.sync_global_devices("checkpoints set aside")
+    self.manager.reload()
 
   def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
     """(params, step): only state["params"] of `step` (default: the latest), into the shapes
@@ -132,6 +205,19 @@ def restore_init_params(path: str, fresh_params: Any, memory_params: set[str]) -
   if drop:
     note += f"; unused there: {len(drop)} memory parameters ({drop[0]}, ...)"
   return _merge(fresh_params, restored), note
+
+
+def _one_line(error: Exception) -> str:
+  """The first line of an error, as short as a log line allows."""
+  text = (str(error).strip().splitlines() or [""])[0]
+  return f"{type(error).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def _everywhere(ok: bool) -> bool:
+  """True where `ok` holds on every process (they must agree on the step they resume from)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
 
 
 def _is_memory_param(name: str) -> bool:

@@ -37,6 +37,12 @@ def segment_buckets(num_segments: int) -> list[tuple[int, int]]:
   return buckets
 
 
+def perplexity(mean_nll: float) -> float:
+  """exp(mean_nll); inf where that overflows a float (a diverged run's loss of 7e6 must not
+  stop the run that logs it)."""
+  return math.inf if mean_nll >= math.log(np.finfo(np.float64).max) else math.exp(mean_nll)
+
+
 class Perplexity:
   """Streaming perplexity over whole held-out documents, overall and by context position.
 
@@ -107,11 +113,11 @@ class Perplexity:
         which = bucket_of_segment[np.minimum(seg, len(bucket_of_segment) - 1)]
         np.add.at(sums, np.broadcast_to(which, mask.shape)[mask], nll[mask])
         np.add.at(counts, np.broadcast_to(which, mask.shape)[mask], 1)
-    yield "ppl", math.exp(sums.sum() / counts.sum())
+    yield "ppl", perplexity(sums.sum() / counts.sum())
     yield "tokens", float(counts.sum())
     for (a, b), s, c in zip(buckets, sums, counts):
       if c:
-        yield (f"ppl_seg_{a}" if a == b else f"ppl_seg_{a}-{b}"), math.exp(s / c)
+        yield (f"ppl_seg_{a}" if a == b else f"ppl_seg_{a}-{b}"), perplexity(s / c)
 
 
 def check_vocab(tokenizer: Tokenizer, model: nnx.Module) -> None:

@@ -30,19 +30,32 @@ class NonFiniteError(RuntimeError):
   """The loss or the gradient of a step was NaN or infinite."""
 
 
-class _Preempted:
-  """Turns SIGTERM into a flag the loop checks after each step (save, then exit cleanly)."""
+class _Preemption:
+  """Whether to save and stop after a step, the same step on every process.
 
-  def __init__(self):
-    self.requested = False
-    self.previous = signal.signal(signal.SIGTERM, self._handle)
+  Multi-process: jax.distributed's preemption sync service catches SIGTERM (its handler is
+  installed by jax.distributed.initialize) and tells every process; orbax's reached_preemption
+  then names one step at which all of them save. Single process: a SIGTERM handler sets a flag
+  that the loop checks after each step.
+  """
+
+  def __init__(self, ckpt: Checkpointer):
+    self.ckpt, self.requested, self.previous = ckpt, False, None
+    self.synced = jax.process_count() > 1 and jax.config.jax_enable_preemption_service
+    if not self.synced:  # a Python handler would replace the sync service's
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
 
+  def reached(self, step: int) -> bool:
+    """Call after every step, on every process."""
+    return self.ckpt.reached_preemption(step) if self.synced else self.requested
+
   def restore(self):
-    signal.signal(signal.SIGTERM, self.previous)
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -72,8 +85,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     # --- Restore, or start fresh. ---
     start = ckpt.latest_step()
-    if start is not None:
-      state, data_state = ckpt.restore(setup.abstract_state)
+    if start is not None:  # the newest checkpoint that restores (a corrupted one is set aside)
+      state, data_state, start = ckpt.restore_latest(setup.abstract_state)
       train_iter.set_state(data_state)
       _print(f"resumed from the checkpoint of step {start} in {ckpt.directory}", flush=True)
     else:
@@ -108,32 +121,35 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
     return results
 
   # --- The loop. ---
-  step, last, first = start, {}, {}
+  # The host reads the loss and gradient norm only at log steps and before saves (a read waits
+  # for the device); `unread` holds the metrics of the steps since, still on the device.
+  step, last, first, unread = start, {}, {}, []
   if start == 0 and config.train.eval_every:
     first = run_evals(0)  # the untrained model's figures, for the summary to compare against
-  preempted = _Preempted()
+  preemption = _Preemption(ckpt)
   try:
     while step < total:
       batch = setup.global_batch(next(train_iter))
       state, step_metrics = setup.train_step(state, batch)
       step += 1
-      loss, grad_norm = float(step_metrics["loss"]), float(step_metrics["grad_norm"])
-      if not (np.isfinite(loss) and np.isfinite(grad_norm)):
-        good = ckpt.latest_step()
-        raise NonFiniteError(
-            f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopped "
-            f"without saving. Last good checkpoint: "
-            f"{'none' if good is None else f'step {good} in {ckpt.directory}'}; lower "
-            "optimizer.lr or raise optimizer.warmup_steps and rerun.")
+      unread.append(step_metrics)
+      preempted = preemption.reached(step)
+      saving = step % config.train.checkpoint_every == 0 or step == total or preempted
+      if saving or step % config.train.log_every == 0:
+        values = _read_finite(unread, step, ckpt)  # never save a non-finite state
+        unread = []
       if step % config.train.log_every == 0 or step == total:
-        last = dict(loss=loss, ppl=float(np.exp(loss)), lr=float(step_metrics["lr"]),
+        loss, grad_norm = values["loss"], values["grad_norm"]
+        last = dict(loss=loss, ppl=evaluate.perplexity(loss), lr=values["lr"],
                     grad_norm=grad_norm, **progress.report(step))
         writer.write(step, {f"train/{k}": v for k, v in last.items()})
         print(f"step {step}/{total}  loss {loss:.4f}  ppl {last['ppl']:.3f}  lr {last['lr']:.2e}  "
               f"|g| {grad_norm:.3f}  {last['tokens_per_s']:.0f} tok/s  mfu {last['mfu']:.1%}  "
               f"eta {metrics.duration(last['eta_s'])}", flush=True)
-      saving = step % config.train.checkpoint_every == 0 or step == total or preempted.requested
-      if saving:
+      if saving:  # returns once the arrays are off the devices; orbax writes in the background
+        if not bool(_all_finite(state)):  # a finite loss does not rule out an update to inf
+          raise NonFiniteError(f"the state after step {step} has non-finite values; "
+                               + _stopped(ckpt))
         ckpt.save(step, state, train_iter.get_state())
       if config.train.eval_every and (step % config.train.eval_every == 0 or step == total):
         last.update({f"eval/{k}": v for k, v in run_evals(step).items()})
@@ -141,13 +157,15 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
         progress.reset_clock(step)
       if step == start + 1:
         progress.reset_clock(step)  # the first step's time is mostly compilation
-      if preempted.requested:
-        print(f"SIGTERM: saved the checkpoint of step {step} in {ckpt.directory}; exiting",
-              flush=True)
+      if preempted:
+        ckpt.wait()  # complete on disk before anyone is told it is saved
+        # Every process says so: on a pod each host's log shows that it stopped, and where.
+        _print_everywhere(f"SIGTERM: saved the checkpoint of step {step} in {ckpt.directory}; "
+                          "exiting")
         break
   finally:
-    preempted.restore()
-    ckpt.close()
+    preemption.restore()
+    ckpt.close()  # waits for a save in progress
     writer.close()
   if step < total:  # preempted: no final_metrics.json, which tells scripts the run is complete
     return dict(step=step, **last)
@@ -159,6 +177,41 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
           f"checkpoints in {ckpt.directory}, metrics in {writer.path} and "
           f"{os.path.join(workdir, 'tensorboard')}", flush=True)
   return dict(step=step, **last)
+
+
+def _read_finite(unread: list[dict], step: int, ckpt: Checkpointer) -> dict[str, float]:
+  """Loss, gradient norm and rate of `step`, read in one transfer with those of every unread step
+  before it (steps step-len(unread)+1..step); a NonFiniteError names the first non-finite one."""
+  values = jax.device_get([{k: m[k] for k in ("loss", "grad_norm", "lr")} for m in unread])
+  first = step - len(values) + 1
+  for i, v in enumerate(values):
+    loss, grad_norm = float(v["loss"]), float(v["grad_norm"])
+    if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+      raise NonFiniteError(
+          f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {first + i} (steps "
+          f"{first}..{step}, read at step {step}); " + _stopped(ckpt))
+  return {k: float(x) for k, x in values[-1].items()}
+
+
+def _stopped(ckpt: Checkpointer) -> str:
+  """The end of a NonFiniteError: what is on disk, and what to do."""
+  good = ckpt.wait()  # every saved state was checked: any complete checkpoint is good
+  return ("stopped without saving. Last good checkpoint: "
+          f"{'none' if good is None else f'step {good} in {ckpt.directory}'}; lower "
+          "optimizer.lr or raise optimizer.warmup_steps and rerun.")
+
+
+@jax.jit
+def _all_finite(state) -> jax.Array:
+  """Whether every float in the train state is finite (one pass over it, before each save)."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))
+
+
+def _print_everywhere(text: str) -> None:
+  """A line from every process, prefixed with its index where there are several."""
+  prefix = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+  print(prefix + text, flush=True)
 
 
 def _print(*args, **kwargs) -> None:

@@ -12,10 +12,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from infini_jax import config as configlib
-from infini_jax import metrics, optim, trainer
+from infini_jax import evaluate, metrics, optim, trainer
+from infini_jax.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
@@ -277,3 +279,43 @@ def test_sigterm_saves_a_usable_checkpoint(tmp_path, data_dir):
   assert code == 0 and f"resumed from the checkpoint of step {saved}" in out, out[-3000:]
   assert max(losses(tmp_path)) == saved + 1
   assert json.load(open(tmp_path / "final_metrics.json"))["step"] == saved + 1
+
+
+def test_a_non_finite_loss_names_its_step_range_and_the_last_good_checkpoint(tmp_path):
+  # The loop reads the metrics of several steps at once (at log and save steps): the error names
+  # the first bad step, the steps read together, and the newest complete checkpoint.
+  ckpt = Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(4, {"w": jnp.ones(3)})
+  unread = [dict(loss=jnp.float32(v), grad_norm=jnp.float32(1.0), lr=jnp.float32(1e-3))
+            for v in (2.0, 2.5, np.nan, np.nan)]
+  with pytest.raises(trainer.NonFiniteError) as e:
+    trainer._read_finite(unread, 8, ckpt)
+  ckpt.close()
+  assert "at step 7 (steps 5..8, read at step 8)" in str(e.value)
+  assert f"Last good checkpoint: step 4 in {tmp_path / 'checkpoints'}" in str(e.value)
+  assert trainer._read_finite(unread[:2], 6, ckpt) == dict(loss=2.5, grad_norm=1.0,
+                                                           lr=np.float32(1e-3))
+
+
+def test_a_diverging_run_stops_without_saving_a_non_finite_state(tmp_path, data_dir):
+  c = tiny(load("demo", "runlocal"), data_dir, steps=8)
+  c.optimizer.lr = 3e38  # Adam moves every weight by about lr: inf within a step or two
+  c.train.update(log_every=4, checkpoint_every=1)  # step 1 (lr 0 in the warm-up) is saved
+  with pytest.raises(trainer.NonFiniteError, match="Last good checkpoint: ") as e:
+    trainer.train_and_evaluate(c, str(tmp_path))
+  print(e.value)
+  saved = [s for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
+  assert saved
+  for step in saved:  # whatever was saved is finite throughout
+    restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / step / "state")
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored)
+               if np.issubdtype(np.asarray(x).dtype, np.floating)), step
+  assert f"Last good checkpoint: step {max(saved, key=int)} in" in str(e.value)
+
+
+def test_a_loss_too_large_for_exp_logs_an_infinite_perplexity():
+  # lr=-1 climbs to a loss of 7e6 in 60 steps; math.exp raised OverflowError on it.
+  assert evaluate.perplexity(7e6) == float("inf")
+  assert f"{evaluate.perplexity(7e6):.3f}" == "inf" and json.loads(json.dumps(float("inf")))
+  assert evaluate.perplexity(np.float64(2.0)) == pytest.approx(np.exp(2.0))
+  assert np.isnan(evaluate.perplexity(float("nan")))
