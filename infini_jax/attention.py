@@ -84,13 +84,13 @@ class Attention(nnx.Module):
 
   def project(self, x: jax.Array):
     """x [B, T, D] -> q [B, T, N, H], k [B, T, K, H], v [B, T, K, V]."""
-    q = dense.token_einsum("BTD,DNH->BTNH", x, self.wq[...].astype(self.dtype))
+    q = dense.token_einsum("BTD,DNH->BTNH", x, dense.weight(self.wq, self.dtype))
     return (q, *self.project_kv(x))
 
   def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x [B, T, D] -> k [B, T, K, H], v [B, T, K, V]."""
-    k = dense.token_einsum("BTD,DKH->BTKH", x, self.wk[...].astype(self.dtype))
-    v = dense.token_einsum("BTD,DKV->BTKV", x, self.wv[...].astype(self.dtype))
+    k = dense.token_einsum("BTD,DKH->BTKH", x, dense.weight(self.wk, self.dtype))
+    v = dense.token_einsum("BTD,DKV->BTKV", x, dense.weight(self.wv, self.dtype))
     return k, v
 
   def local(self, q: jax.Array, k: jax.Array, v: jax.Array, mask) -> jax.Array:
@@ -105,7 +105,7 @@ class Attention(nnx.Module):
   def output(self, out: jax.Array) -> jax.Array:
     """A [B, T, N, V] -> y [B, T, D]."""
     return dense.token_einsum("BTNV,NVD->BTD", out.astype(self.dtype),
-                              self.wo[...].astype(self.dtype))
+                              dense.weight(self.wo, self.dtype))
 
   def __call__(self, x: jax.Array, state, mask: jax.Array | None = None):
     """x [B, T, D] one segment, state the memory's, mask [B, T] -> (y [B, T, D], state)."""

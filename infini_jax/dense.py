@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from infini_jax import sharding as sh
+
 
 def token_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   """einsum(spec, x, w) for a spec "BT…,…->BT…": x and the output lead with B, T; w has neither."""
@@ -25,3 +27,13 @@ def token_einsum(spec: str, x: jax.Array, w: jax.Array) -> jax.Array:
   B, T = x.shape[:2]
   y = jnp.einsum(f"B{lhs[2:]},{rhs}->B{out[2:]}", x.reshape((B * T,) + x.shape[2:]), w)
   return y.reshape((B, T) + y.shape[1:])
+
+
+def weight(param, dtype) -> jax.Array:
+  """A weight in the compute dtype, pinned to its parameter's sharding (its logical names, the
+  leading `layers` axis dropped inside the layer scan). Why: the pin also holds the weight's
+  gradient to that sharding, so XLA reduce-scatters it over fsdp; left free, it all-reduced the
+  attention projections' gradients whole inside the segment loop (tests/test_aot.py)."""
+  names = param.get_metadata().get("out_sharding") or ()
+  names = tuple(names)[len(names) - param[...].ndim:]
+  return sh.constrain(param[...], names).astype(dtype)

@@ -196,10 +196,10 @@ class MLP(nnx.Module):
     self.w_down = param(rngs, (mlp_dim, d_model), (sh.MLP, sh.EMBED), 0, 1, param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    gate = dense.token_einsum("BTD,DF->BTF", x, self.w_gate[...].astype(self.dtype))
-    up = dense.token_einsum("BTD,DF->BTF", x, self.w_up[...].astype(self.dtype))
+    gate = dense.token_einsum("BTD,DF->BTF", x, dense.weight(self.w_gate, self.dtype))
+    up = dense.token_einsum("BTD,DF->BTF", x, dense.weight(self.w_up, self.dtype))
     hidden = jax.nn.silu(gate) * up
-    return dense.token_einsum("BTF,FD->BTD", hidden, self.w_down[...].astype(self.dtype))
+    return dense.token_einsum("BTF,FD->BTD", hidden, dense.weight(self.w_down, self.dtype))
 
 
 class Block(nnx.Module):
