@@ -47,6 +47,9 @@ def get_config(arg=None):
   T = c.model.segment_len
   c.seq_len = (16 if finetune else 4) * T  # 8K, then 32K tokens
   c.batch_size = 32 if finetune else 64
+  # Pre-training on v5e-256 (v5e:16x16: fsdp 64 x tensor 4) or 64 v5p chips (v5p:4x4x4: fsdp 16
+  # x tensor 4); fine-tuning's 32 sequences of 32K on 64 v5p chips, fsdp 32 x tensor 2.
+  c.mesh.update(data=1, fsdp=-1, tensor=2 if finetune else 4)
   if finetune:
     c.data.update(name="booksum", text_glob="", tokenizer="", booksum_text_field="",
                   booksum_summary_field="", booksum_synthetic=0, booksum_summary_only=True)
@@ -60,6 +63,7 @@ def get_config(arg=None):
   if finetune:  # eval.py only (during_training False): the paper's 500K-token inputs
     c.evals.summarise = evaluate.settings("summarise", max_input_tokens=500_000)
   if arg.runlocal:
+    c.mesh.update(data=-1, fsdp=1, tensor=1)  # whatever devices there are, data parallel
     c.seq_len = (8 if finetune else 4) * T  # the test stories (~600 bytes) outgrow 512
     c.batch_size = 4
     # Both stages read the synthetic stories: pre-training on their whole text, fine-tuning on

@@ -39,6 +39,9 @@ def get_config(arg=None):
     c.optimizer.update(lr=1e-4, warmup_steps=20, weight_decay=0.0)
     c.train.update(steps=400, log_every=10, eval_every=400, checkpoint_every=100)
   c.batch_size = 64
+  # v5e-16 (v5e:4x4): 1.24e9 parameters with AdamW are 14.8 GB, more than a 16 GiB chip holds
+  # beside its activations unless split: FSDP over all 16 chips, four sequences each.
+  c.mesh.update(data=1, fsdp=-1, tensor=1)
   c.evals.perplexity.update(max_documents=8, max_tokens=32768, chunk_len=4 * T)
   c.evals.gates = evaluate.settings("gates")
   # The paper's sweep (32K ... 1M tokens x start/middle/end), run by eval.py only.

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 
@@ -234,22 +235,17 @@ def _flat(tree: Any) -> dict[str, tuple[int, ...]]:
   return {_name(path): tuple(x.shape) for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _without(tree: dict, names: list[str], prefix: str = "") -> dict:
-  """The nested dict `tree` without the leaves named in `names` ("blocks/0/attn/gate")."""
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      out[key] = _without(value, names, name + "/")
-    elif name not in names:
-      out[key] = value
-  return out
+def _without(tree: dict, names: list[str]) -> dict:
+  """The nested dict `tree` without the leaves named in `names` ("stages/0/blocks/attn/wq")."""
+  flat = traverse_util.flatten_dict(tree)
+  return traverse_util.unflatten_dict({k: v for k, v in flat.items()
+                                       if "/".join(map(str, k)) not in names})
 
 
 def _merge(base: dict, update: dict) -> dict:
   """`base` with every leaf that `update` has replaced by update's."""
-  return {k: (_merge(v, update[k]) if isinstance(v, dict) else update[k]) if k in update else v
-          for k, v in base.items()}
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(base),
+                                       **traverse_util.flatten_dict(update)})
 
 
 def _first_value(tree: dict, name: str) -> float:

@@ -85,8 +85,9 @@ class ModelConfig:
   param_dtype: str = "float32"
   remat: str = "full"  # per layer, inside the segment scan (REMAT_POLICIES)
   # Causal attention inside a segment (infini_jax/local_attention.py): "blocked" (query blocks
-  # over their key prefix; fastest on CPU) or "xla" (jax.nn.dot_product_attention: cuDNN flash
-  # attention on GPU in bfloat16/float16, XLA's path elsewhere).
+  # over their key prefix; fastest on CPU), "xla" (jax.nn.dot_product_attention: cuDNN flash
+  # attention on GPU in bfloat16/float16, XLA's path elsewhere) or "pallas" (the splash
+  # attention kernel on TPU, infini_jax/flash_tpu.py).
   attention_impl: str = "blocked"
   # The baselines' settings (infini_jax/memories): memorizing's store entries per head or
   # compressive's compressed slots; memorizing's top-k and kNN layer (-1: 3/4 deep); compressive's
