@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 WORKDIR ?= runs/demo
 AOT_DIR ?= runs/aot
 
-.PHONY: train test bench devices aot results-passkey results-lm clean
+.PHONY: train test bench devices aot results-passkey results-lm results-books clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11 ...'"; exit 1; }
@@ -59,6 +59,10 @@ results-passkey: $(VENV)/.installed
 
 results-lm: $(VENV)/.installed
 	PYTHON=$(PY) bash experiments/python_lm.sh
+
+# docs/RESULTS_books.md: book LM by context position and passkey among book text (configs/books_*.py).
+results-books: $(VENV)/.installed
+	PYTHON=$(PY) bash experiments/books.sh all runs/books
 
 clean:
 	rm -rf $(VENV) runs

@@ -36,4 +36,5 @@ def weight(param, dtype) -> jax.Array:
   attention projections' gradients whole inside the segment loop (tests/test_aot.py)."""
   names = param.get_metadata().get("out_sharding") or ()
   names = tuple(names)[len(names) - param[...].ndim:]
-  return sh.constrain(param[...], names).astype(dtype)
+  # After the cast: the gradient is pinned in the compute dtype, where XLA reduces it.
+  return sh.constrain(param[...].astype(dtype), names)

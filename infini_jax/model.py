@@ -350,9 +350,9 @@ class InfiniTransformer(nnx.Module):
     """Final hidden states [B, T, D] -> float32 logits [B, T, W]."""
     h = self.final_norm(h)
     if self.cfg.tie_embeddings:
-      out = dense.token_einsum("BTD,WD->BTW", h, self.embed[...].astype(self.dtype))
+      out = dense.token_einsum("BTD,WD->BTW", h, dense.weight(self.embed, self.dtype))
     else:
-      out = dense.token_einsum("BTD,DW->BTW", h, self.unembed[...].astype(self.dtype))
+      out = dense.token_einsum("BTD,DW->BTW", h, dense.weight(self.unembed, self.dtype))
     return out.astype(jnp.float32)
 
   def segment(self, tokens: jax.Array, state: State, mask: jax.Array):
