@@ -3,10 +3,16 @@
 # and the local and XL baselines; swept with eval.py (WORKDIR/eval/STEP/passkey*.{json,png}).
 # Finished steps are skipped and interrupted runs resume, so this can be stopped and re-run.
 #   bash experiments/passkey.sh [RUNS_DIR]    # default runs/pk
+#   ONLY="gated_512 gated_4k" bash experiments/passkey.sh   # only these runs (trained and swept)
 set -euo pipefail
 RUNS=${1:-runs/pk}
 PY=${PYTHON:-.venv/bin/python}
+ONLY=${ONLY:-}
+chosen() {  # name: whether ONLY is empty or lists it
+  [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]
+}
 train() {  # name, config arguments, extra train flags
+  chosen "$1" || return 0
   local dir=$RUNS/$1
   mkdir -p "$dir"
   [ -f "$dir/final_metrics.json" ] && return
@@ -14,12 +20,14 @@ train() {  # name, config arguments, extra train flags
   "$PY" train.py --config="configs/passkey.py:$2" --workdir="$dir" ${3:-} > "$dir/train.log" 2>&1
 }
 sweep() {  # name, config arguments
+  chosen "$1" || return 0
   local dir=$RUNS/$1
   ls "$dir"/eval/*/passkey.json > /dev/null 2>&1 && return
   echo "$(date +%T) eval $1"
   "$PY" eval.py --config="configs/passkey.py:$2" --workdir="$dir" > "$dir/eval.log" 2>&1
 }
 sweep_mid() {  # name, config arguments: only the mid-segment sweeps (passkey_mid, then to 1M)
+  chosen "$1" || return 0
   local dir=$RUNS/$1
   ls "$dir"/eval/*/passkey_mid.json > /dev/null 2>&1 && return
   echo "$(date +%T) eval (mid-segment) $1"
@@ -127,5 +135,6 @@ for memory in local xl; do
   sweep "$memory" "memory=$memory"
 done
 for f in "$RUNS"/*/eval/*/passkey*.json; do
+  [ -f "$f" ] || continue
   "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['table'])" "$f"
 done
