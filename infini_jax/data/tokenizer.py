@@ -8,7 +8,7 @@ models trained here reserve one, and a model without one gets an extra id past i
 
 Train a SentencePiece model from a prepared dataset's train split:
 
-    python -m infini_jax.data.tokenizer train --dataset=python_code --vocab_size=8192 \
+    python -m infini_jax.data.tokenizer train --dataset=python_code --vocab_size=8192 \\
         --data_dir=data/tfds --out=data/spm/python_code_8k.model
 """
 
