@@ -26,7 +26,7 @@ from infini_jax.peak import PeakProbe, timed as _timed
 # glibc malloc settings that keep freed large buffers mapped, so a step's big temporaries are not
 # fresh (page-faulting) mmaps every time. MALLOC_ARENA_MAX=1 is the one that makes the others
 # apply to XLA, whose worker threads would otherwise allocate from per-thread arenas, where
-# large requests are always mmapped. See bench/malloc.py for what they are worth here.
+# large requests are always mmapped. See bench/studies/malloc.py for what they are worth here.
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "4294967296",
               "MALLOC_TRIM_THRESHOLD_": "68719476736", "MALLOC_TOP_PAD_": "1073741824"}
 

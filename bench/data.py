@@ -20,7 +20,6 @@ Writes bench/out/data.json (or $BENCH_OUT/data.json) and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -29,8 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 
 import numpy as np
+from absl import app, flags
 
 if __package__ in (None, ""):  # `python bench/data.py`: make the repository importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -167,20 +168,11 @@ def measure_size(size_mb: int, args, tmp: str) -> dict:
   return row
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--sizes_mb", default="32,2048", help="corpus sizes in MiB")
-  parser.add_argument("--steps", type=int, default=200, help="batches timed for throughput")
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--seq_len", type=int, default=4096)
-  parser.add_argument("--train_tokens_per_s", type=float, default=12_000,
-                      help="the demo's training rate (make train), for the ratio")
-  parser.add_argument("--keep", default="", help="work in this folder and keep it")
-  parser.add_argument("--child", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--corpus", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--data_dir", default="", help=argparse.SUPPRESS)
-  parser.add_argument("--before", action="store_true", help=argparse.SUPPRESS)
-  args = parser.parse_args()
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # A copy of the flags' values: measure_size marks the first size on it.
+  args = types.SimpleNamespace(**{name: flags.FLAGS[name].value for name in FLAG_NAMES})
   if args.child:
     print(json.dumps({"prepare": child_prepare, "train": child_train}[args.child](args)))
     return
@@ -235,5 +227,25 @@ def table(rows: list[dict], result: dict) -> str:
   return "\n".join(lines)
 
 
+FLAG_NAMES = ("sizes_mb", "steps", "batch", "seq_len", "train_tokens_per_s", "keep", "child",
+              "corpus", "data_dir", "before")
+
+
+def define_flags():
+  flags.DEFINE_string("sizes_mb", "32,2048", "Comma-separated corpus sizes in MiB.")
+  flags.DEFINE_integer("steps", 200, "Batches timed for the throughput.")
+  flags.DEFINE_integer("batch", 8, "Global batch size.")
+  flags.DEFINE_integer("seq_len", 4096, "Tokens per sequence.")
+  flags.DEFINE_float("train_tokens_per_s", 12_000, "The demo's training rate (make train), for "
+                     "the ratio.")
+  flags.DEFINE_string("keep", "", "Work in this folder and keep it.")
+  flags.DEFINE_enum("child", "", ["", "prepare", "train"], "Internal: one measurement in this "
+                    "process.")
+  flags.DEFINE_string("corpus", "", "Internal: the child's corpus folder.")
+  flags.DEFINE_string("data_dir", "", "Internal: the child's TFDS data directory.")
+  flags.DEFINE_bool("before", False, "Internal: time the former path in this child.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -8,23 +8,19 @@ counted for each batch size, from shapes alone (nothing is allocated, any preset
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+
+from absl import app, flags
 
 from infini_jax.flops import step_flops
 
 
-def main(argv=None):
-  from configs import models
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from configs import models  # noqa: PLC0415
 
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="demo", choices=sorted(models.PRESETS))
-  parser.add_argument("--seq_len", type=int, default=512)
-  parser.add_argument("--batches", default="8", help="comma-separated batch sizes")
-  parser.add_argument("--attention_impl", choices=("blocked", "xla"))
-  parser.add_argument("--remat", choices=("full", "dots", "none"))
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"))
-  args = parser.parse_args(argv)
+  args = flags.FLAGS
   overrides = {k: getattr(args, k) for k in ("attention_impl", "remat", "dtype")
                if getattr(args, k) is not None}
   cfg = dataclasses.replace(models.PRESETS[args.preset], **overrides)
@@ -35,5 +31,17 @@ def main(argv=None):
           f"= {f['train'] / f['forward']:.2f}x forward (remat {cfg.remat})")
 
 
+def define_flags():
+  from configs import models
+
+  flags.DEFINE_enum("preset", "demo", sorted(models.PRESETS), "Model preset to count.")
+  flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
+  flags.DEFINE_string("batches", "8", "Comma-separated batch sizes, each counted on its own.")
+  flags.DEFINE_enum("attention_impl", None, ["blocked", "xla"], "Override the preset's attention.")
+  flags.DEFINE_enum("remat", None, ["full", "dots", "none"], "Override the preset's remat.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override the preset's compute dtype.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

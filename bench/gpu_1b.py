@@ -16,12 +16,12 @@ rematerialisation not counted). Target: MFU >= 40%. Under 5 minutes, compilation
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from bench import common
 from infini_jax import peak as peaklib
@@ -74,17 +74,10 @@ def check_cudnn(seed: int = 0) -> dict:
   return result
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--seq_len", type=int, default=32768)
-  parser.add_argument("--batch", type=int, default=1)
-  parser.add_argument("--attention_impl", default="xla", choices=("xla", "blocked"))
-  parser.add_argument("--remat", default="full", choices=("full", "dots", "none"))
-  parser.add_argument("--steps", type=int, default=5, help="timed steps after 2 warm-up steps")
-  parser.add_argument("--smoke", action="store_true",
-                      help="a shrunken 1b preset, 4 segments, 2 steps: runs on a CPU")
-  parser.add_argument("--quick", action="store_true", help="(same as the default)")
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
 
   device = jax.devices()[0]
   overrides = dict(attention_impl=args.attention_impl, remat=args.remat)
@@ -140,5 +133,17 @@ def main(argv=None):
   print("wrote", common.write(name, result))
 
 
+def define_flags():
+  flags.DEFINE_integer("seq_len", 32768, "Tokens per sequence.")
+  flags.DEFINE_integer("batch", 1, "Sequences per step.")
+  flags.DEFINE_enum("attention_impl", "xla", ["xla", "blocked"], "Segment attention: cuDNN through "
+                    "jax.nn.dot_product_attention (xla) or the blocked path.")
+  flags.DEFINE_enum("remat", "full", ["full", "dots", "none"], "Rematerialisation per segment.")
+  flags.DEFINE_integer("steps", 5, "Timed steps, after 2 warm-up steps.")
+  flags.DEFINE_bool("smoke", False, "A shrunken 1b preset, 4 segments, 2 steps: runs on a CPU.")
+  flags.DEFINE_bool("quick", False, "The same as the default (make bench passes it).")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

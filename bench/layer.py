@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from absl import app
 from flax import nnx
 
 from bench import common
 from infini_jax import memories
 from infini_jax.attention import Attention
+from infini_jax.flops import layer_flops_per_token
 
 D, N, H, T, L, B = 512, 8, 64, 1024, 8192, 1
 
 
 def flops_per_token(segment: int, memory: bool) -> float:
-  proj = 2 * D * 3 * N * H + 2 * N * H * D
-  attn = 4 * segment * N * H
-  mem = (4 * N * H * H + 2 * N * H) if memory else 0
-  return proj + attn + mem
+  """The layer's forward matmul FLOPs per token (infini_jax.flops.layer_flops_per_token)."""
+  return layer_flops_per_token(D, N, H, segment, memory)
 
 
 # Rematerialisation per segment: None, or a jax.checkpoint policy (what the backward may keep).
@@ -118,7 +118,9 @@ def plot(rows: list[dict], path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
-def main():
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]} (the benchmark takes none)")
   rows = [
       measure("infini, segment 1024, remat", "infini", T, "full"),
       measure("infini, segment 1024, remat dots", "infini", T, "dots"),
@@ -131,4 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -11,12 +11,13 @@ Workloads:
               preset), forward + backward, no remat, 20 calls in a row: the three matmuls at the
               shape the demo step runs them, so the best the demo step could reach with matmuls
               of that size
-  skeleton    the demo step's matmuls and nothing else (bench/skeleton.py): every product of the
-              model on its shape, in the same segment scan and remat, without norms, softmax,
-              masks, RoPE, features or AdamW: the bound on the demo step's MFU at this shape
+  skeleton    the demo step's matmuls and nothing else (bench/studies/skeleton.py): every
+              product of the model on its shape, in the same segment scan and remat, without
+              norms, softmax, masks, RoPE, features or AdamW: the bound on the demo step's MFU
+              at this shape
 
 FLOPs (2 per multiply-add, matmuls only, written out in ModelConfig.flops_per_token and
-bench/layer.flops_per_token), per token, forward:
+infini_jax.flops.layer_flops_per_token), per token, forward:
   model   L·[2·D·(N·H + 2·K·H) + 2·N·H·D  +  4·T·N·H  +  2·N·H·H + 2·N·H + 2·K·H·H  +  6·D·F]
           + 2·D·W  (projections q, k, v, o; segment attention as the full T x T square; memory
           read and write; SwiGLU; unembedding)
@@ -38,16 +39,16 @@ seen during the whole run (conservative). Target: MFU >= 60%.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 from flax import nnx
 
 from bench import common
 from bench import layer as layerbench
-from bench import skeleton
+from bench.studies import skeleton
 from configs import models
 from infini_jax import peak as peaklib
 from infini_jax.model import MLP
@@ -159,11 +160,10 @@ def plot(rows: list[dict], path: str) -> None:
   common.save_with_legend_below(fig, path, ncol=3, bottom=0.07)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="the default settings only")
-  parser.add_argument("--rounds", type=int, default=4, help="timed calls of each (best of)")
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   names = QUICK if args.quick else tuple(WORKLOADS)
   rows = measure(names, args.rounds)
   for r in rows:
@@ -177,5 +177,11 @@ def main(argv=None):
   print("wrote", path, "and mfu.png")
 
 
+def define_flags():
+  flags.DEFINE_bool("quick", False, "Time the default settings only.")
+  flags.DEFINE_integer("rounds", 4, "Timed calls of each workload; the best one counts.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

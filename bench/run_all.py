@@ -1,5 +1,7 @@
 """`make bench`: every benchmark in bench/, one after the other, JSON and plots in one folder.
 
+The finished studies in bench/studies/ are not run (bench/studies/README.md).
+
 Each benchmark runs in its own process (so one's memory never weighs on the next) with
 BENCH_OUT pointing at the output folder (bench/out, or $BENCH_OUT). At the end the headline
 figures are read back from the JSON files and printed, and run_all.json records what ran, how
@@ -16,12 +18,13 @@ gpu_1b runs only where JAX sees a GPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+
+from absl import app, flags
 
 from bench import common
 
@@ -30,12 +33,9 @@ BENCHES = {
     "state_bytes": False,
     "layer": False,
     "mfu": True,
-    "profile": False,
     "stream": False,
     "data": False,
     "scaling": True,
-    "malloc": True,
-    "xla_flags": True,
     "gpu_1b": True,
 }
 
@@ -68,10 +68,6 @@ def headlines(out: str) -> list[str]:
     for r in layer["rows"]:
       lines.append(f"layer: {r['name']}: {r['train_tokens_per_s']:.0f} tok/s fwd+bwd, MFU "
                    f"{r['train_mfu']:.1%}")
-  if pr := load("profile_demo"):
-    b = pr["batches"][0]
-    top = ", ".join(f"{r['kind']} {r[f'share_batch{b}']:.0%}" for r in pr["by_kind"][:3])
-    lines.append(f"profile/demo: op time per step {pr['total_ms'][str(b)]:.0f} ms; {top}")
   if sb := load("state_bytes"):
     for preset, c in sb["curves"].items():
       last = c["rows"][-1]
@@ -87,16 +83,6 @@ def headlines(out: str) -> list[str]:
                  f"{st['time_per_token_ratio_1m_over_1k']:.2f} (target <= 1.2)")
   if d := load("data"):
     lines.append(f"data: {d['tokens_per_s']:,} tokens/s, {d['ratio_to_training']}x training")
-  if ma := load("malloc"):
-    for r in ma["rows"]:
-      rss = r["tuned"]["peak_rss_bytes"] / r["default"]["peak_rss_bytes"]
-      lines.append(f"malloc/{r['workload']}: tuned {r['speedup']:.2f}x wall, {r['cpu_ratio']:.2f}x "
-                   f"less CPU, peak RSS {rss:.2f}x")
-  if xf := load("xla_flags"):
-    for r in xf["rows"]:
-      if r["variant"] != "default":
-        lines.append(f"xla_flags/{r['variant']}: {r['workload']}: {r['speedup']:.2f}x default, "
-                     f"MFU {r['mfu']:.1%}")
   if g := load("gpu_1b"):
     mfu = f"{g['mfu']:.1%}" if g.get("mfu") is not None else "n/a"
     lines.append(f"gpu_1b: {g['device_kind']}: {g['tokens_per_s']:,.0f} tokens/s, MFU {mfu}")
@@ -109,16 +95,14 @@ def has_gpu() -> bool:
   return proc.stdout.strip() == "gpu"
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="pass --quick to the benches that take it")
-  parser.add_argument("--only", default="", help="comma-separated subset of " + ",".join(BENCHES))
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   names = args.only.split(",") if args.only else list(BENCHES)
   unknown = set(names) - set(BENCHES)
   if unknown:
-    parser.error(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHES)}")
+    raise app.UsageError(f"unknown benchmarks {sorted(unknown)}; choose from {list(BENCHES)}")
   if "gpu_1b" in names and not has_gpu():
     print("gpu_1b: skipped (no GPU; `python -m bench.gpu_1b --smoke` checks it on a CPU)")
     names.remove("gpu_1b")
@@ -147,5 +131,11 @@ def main(argv=None):
     sys.exit(f"failed: {', '.join(failed)}")
 
 
+def define_flags():
+  flags.DEFINE_bool("quick", False, "Pass --quick to the benchmarks that take it.")
+  flags.DEFINE_string("only", "", "Comma-separated subset of " + ",".join(BENCHES) + ".")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -24,11 +24,11 @@ full's time per token grows with the length.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
 import jax
+from absl import app, flags
 
 from bench import common
 
@@ -171,17 +171,10 @@ def plot(rows: list[dict], path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="demo only, lengths 2K, 8K, 64K")
-  parser.add_argument("--presets", default=",".join(PRESETS))
-  parser.add_argument("--memories", default=",".join(MEMORIES))
-  parser.add_argument("--lengths", default=",".join(map(str, LENGTHS)))
-  parser.add_argument("--rounds", type=int, default=3, help="timed round-robin passes (best of)")
-  parser.add_argument("--budget_gib", type=float, default=16.0)
-  parser.add_argument("--full_max", type=int, default=8192,
-                      help="longest full-attention length (65536: until the memory budget)")
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   presets = ["demo"] if args.quick else args.presets.split(",")
   lengths = QUICK_LENGTHS if args.quick else tuple(int(x) for x in args.lengths.split(","))
   budget = min(args.budget_gib * 2**30, 0.6 * common.available_bytes())
@@ -213,5 +206,17 @@ def main(argv=None):
   print("wrote", path, "and scaling.png")
 
 
+def define_flags():
+  flags.DEFINE_bool("quick", False, "The demo preset only, at 2K, 8K and 64K tokens.")
+  flags.DEFINE_string("presets", ",".join(PRESETS), "Comma-separated model presets to time.")
+  flags.DEFINE_string("memories", ",".join(MEMORIES), "Comma-separated memories to time.")
+  flags.DEFINE_string("lengths", ",".join(map(str, LENGTHS)), "Comma-separated sequence lengths.")
+  flags.DEFINE_integer("rounds", 3, "Timed round-robin passes; the best one counts.")
+  flags.DEFINE_float("budget_gib", 16.0, "Largest compiled program to run, in GiB.")
+  flags.DEFINE_integer("full_max", 8192, "Longest full-attention length (65536: until the memory "
+                       "budget).")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -16,10 +16,9 @@
 
 from __future__ import annotations
 
-import argparse
-
 import jax
 import numpy as np
+from absl import app, flags
 from flax import nnx
 
 from bench import common
@@ -69,10 +68,10 @@ def plot(curves: dict, path: str) -> None:
   common.save_with_legend_below(fig, path, ncol=2, bottom=0.12)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--quick", action="store_true", help="(no effect: this bench takes seconds)")
-  parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   curves = {}
   for preset in PRESETS:
     cfg = ModelConfig(**models.get(preset).to_dict())
@@ -104,5 +103,10 @@ def main(argv=None):
   print("wrote", path, "and state_bytes.png")
 
 
+def define_flags():
+  flags.DEFINE_bool("quick", False, "No effect: this benchmark takes seconds.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

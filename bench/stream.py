@@ -26,6 +26,7 @@ import time
 
 import jax
 import numpy as np
+from absl import app
 from flax import nnx
 
 from bench import common
@@ -100,7 +101,12 @@ def run_child(kind: str, n: int) -> dict:
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main():
+def main(argv):
+  if len(argv) == 3:  # A child: one measurement in a fresh process, JSON on stdout.
+    print(json.dumps({"eval": child_eval, "generate": child_generate}[argv[1]](int(argv[2]))))
+    return
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]} (the benchmark takes none)")
   short, long = run_child("eval", SHORT_EVAL), run_child("eval", LONG_EVAL)
   near, far = run_child("generate", SHORT_CONTEXT), run_child("generate", LONG_CONTEXT)
   memory_ratio = long["peak_rss_bytes"] / short["peak_rss_bytes"]
@@ -151,8 +157,4 @@ def plot(result: dict, path: str) -> None:
 
 
 if __name__ == "__main__":
-  if len(sys.argv) == 3:  # A child: one measurement in a fresh process, JSON on stdout.
-    print(json.dumps({"eval": child_eval, "generate": child_generate}[sys.argv[1]](
-        int(sys.argv[2]))))
-  else:
-    main()
+  app.run(main)

@@ -19,6 +19,7 @@ import sys
 
 import jax
 import numpy as np
+from absl import app
 from flax import nnx
 
 from infini_jax.model import InfiniTransformer, ModelConfig
@@ -144,8 +145,9 @@ def plot(results, evaluator, buckets, path):
 
 
 def main(argv):
+  """argv: RUNS_DIR [REFERENCE_RUN] (the program's name already dropped)."""
   if len(argv) not in (1, 2):
-    sys.exit("usage: python -m experiments.compare RUNS_DIR [REFERENCE_RUN]")
+    raise app.UsageError("usage: python -m experiments.compare RUNS_DIR [REFERENCE_RUN]")
   runs, reference = argv[0], (argv[1:] or [None])[0]
   results = load(runs)
   if not results:
@@ -176,4 +178,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(lambda argv: main(argv[1:]))

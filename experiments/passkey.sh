@@ -3,10 +3,16 @@
 # and the local and XL baselines; swept with eval.py (WORKDIR/eval/STEP/passkey*.{json,png}).
 # Finished steps are skipped and interrupted runs resume, so this can be stopped and re-run.
 #   bash experiments/passkey.sh [RUNS_DIR]    # default runs/pk
+#   ONLY="gated_512 gated_4k" bash experiments/passkey.sh   # only these runs (trained and swept)
 set -euo pipefail
 RUNS=${1:-runs/pk}
 PY=${PYTHON:-.venv/bin/python}
+ONLY=${ONLY:-}
+chosen() {  # name: whether ONLY is empty or lists it
+  [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]
+}
 train() {  # name, config arguments, extra train flags
+  chosen "$1" || return 0
   local dir=$RUNS/$1
   mkdir -p "$dir"
   [ -f "$dir/final_metrics.json" ] && return
@@ -14,12 +20,14 @@ train() {  # name, config arguments, extra train flags
   "$PY" train.py --config="configs/passkey.py:$2" --workdir="$dir" ${3:-} > "$dir/train.log" 2>&1
 }
 sweep() {  # name, config arguments
+  chosen "$1" || return 0
   local dir=$RUNS/$1
   ls "$dir"/eval/*/passkey.json > /dev/null 2>&1 && return
   echo "$(date +%T) eval $1"
   "$PY" eval.py --config="configs/passkey.py:$2" --workdir="$dir" > "$dir/eval.log" 2>&1
 }
 sweep_mid() {  # name, config arguments: only the mid-segment sweeps (passkey_mid, then to 1M)
+  chosen "$1" || return 0
   local dir=$RUNS/$1
   ls "$dir"/eval/*/passkey_mid.json > /dev/null 2>&1 && return
   echo "$(date +%T) eval (mid-segment) $1"
@@ -56,7 +64,7 @@ train gated_4k_more "write_gate=true,train_len=4096,steps=500" \
 sweep gated_4k_more "write_gate=true,train_len=4096"
 sweep gated_seed1_4k_gatelr1 "write_gate=true,train_len=4096"
 # The same recipe (4K stage with the gates at the base rate) for seed 2, and seed 1 with the gates
-# at the base rate in both stages (docs/RESULTS.md: "Seeds and the gates' learning rate").
+# at the base rate in both stages (docs/notebook.md: "Seeds and the gates' learning rate").
 SEED2="--config.seed=2 --config.data.passkey_seed=2"
 train gated_seed2_512 "write_gate=true,train_len=512,steps=1500" "$SEED2"
 train gated_seed2_4k_gatelr1 "write_gate=true,train_len=4096,steps=700" \
@@ -66,7 +74,7 @@ train gatelr1_seed1_512 "write_gate=true,train_len=512,steps=1500" "$SEED1 --con
 train gatelr1_seed1_4k "write_gate=true,train_len=4096,steps=700" \
     "$SEED1 --config.optimizer.gate_lr_mult=1 --config.init_from=$RUNS/gatelr1_seed1_512/checkpoints --config.optimizer.lr=1e-3"
 # Seeds 1 and 2, the two that failed, with the answer's digits weighing 32 in the loss in both
-# stages (data.answer_weight; docs/RESULTS.md: "Where the answer lands in its segment").
+# stages (data.answer_weight; docs/notebook.md: "Where the answer lands in its segment").
 for seed in 1 2; do
   SEED="--config.seed=$seed --config.data.passkey_seed=$seed"
   train "aw32_seed${seed}_512" "write_gate=true,answer_weight=32,train_len=512,steps=1500" "$SEED"
@@ -77,7 +85,7 @@ done
 # The 4K stage of seeds 1 and 2 again from their 512 checkpoints, each prompt up to 127 tokens
 # shorter than the window (jitter) so that the answer lands at any offset of its segment: the
 # sweep's 2^k-token prompts put the answer right after a segment boundary, which the 4K stage
-# otherwise never shows (docs/RESULTS.md: "Where the answer lands in its segment"). Once with the
+# otherwise never shows (docs/notebook.md: "Where the answer lands in its segment"). Once with the
 # gates at their default rate (10), once at the base rate as in the gatelr1 stages above: against
 # those, the jitter is then the only difference.
 for seed in 1 2; do
@@ -100,7 +108,7 @@ for seed in 0 3; do
   sweep "jit127_gatelr1_seed${seed}_4k" "write_gate=true,train_len=4096"
 done
 # The jittered recipe for the two seeds that faded beyond 32K (1 and 0), with the token shift's
-# weights started at 0 instead of 1 in both stages (model.token_shift_init; docs/RESULTS.md:
+# weights started at 0 instead of 1 in both stages (model.token_shift_init; docs/notebook.md:
 # "Where the token shift starts").
 for seed in 1 0; do
   SEED="--config.seed=$seed --config.data.passkey_seed=$seed --config.model.token_shift_init=0"
@@ -109,7 +117,7 @@ for seed in 1 0; do
       "$SEED --config.init_from=$RUNS/shift0_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"
   sweep "jit127_gatelr1_shift0_seed${seed}_4k" "write_gate=true,train_len=4096"
 done
-# The runs swept before passkey_mid existed, with the answer mid-segment (docs/RESULTS.md:
+# The runs swept before passkey_mid existed, with the answer mid-segment (docs/notebook.md:
 # "Where the answer lands in its segment").
 for run in gated_4k gated_seed1_4k gated_seed1_4k_gatelr1 gated_seed2_4k_gatelr1 gatelr1_seed1_4k; do
   sweep_mid "$run" "write_gate=true,train_len=4096"
@@ -127,5 +135,6 @@ for memory in local xl; do
   sweep "$memory" "memory=$memory"
 done
 for f in "$RUNS"/*/eval/*/passkey*.json; do
+  [ -f "$f" ] || continue
   "$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['table'])" "$f"
 done

@@ -67,3 +67,20 @@ def step_flops(cfg, batch: int, seq_len: int) -> dict:
 
   return dict(forward=counted(loss), train=counted(jax.grad(loss)),
               formula=cfg.flops_per_token() * batch * seq_len)
+
+
+def layer_flops_per_token(d_model: int, num_heads: int, head_dim: int, segment: int,
+                          memory: bool) -> float:
+  """One attention layer's forward matmul FLOPs per token (bench/layer.py's shape), with D model
+  dim, N heads (as many key/value heads), H head dim, T segment:
+    projections  2·D·3·N·H + 2·N·H·D   q, k, v and o
+    attention    2·T·N·H + 2·T·N·H     q kᵀ and p v over the full T x T square, as peers count it
+                                       (the blocked path skips the masked half)
+    memory       2·N·H·H + 2·N·H + 2·N·H·H   the paper's read (numerator, denominator) and write
+                                       of M (z's update is a sum, not a matmul)
+  """
+  D, N, H = d_model, num_heads, head_dim
+  proj = 2 * D * 3 * N * H + 2 * N * H * D
+  attn = 4 * segment * N * H
+  mem = (4 * N * H * H + 2 * N * H) if memory else 0
+  return proj + attn + mem

@@ -1,12 +1,10 @@
-"""One MFU: the training log's figure is the benchmark's for the same step time and peak."""
+"""One MFU: the training log's figure is infini_jax.peak.mfu (what bench/mfu.py reports too)."""
 
 import types
 
 import jax
 import pytest
 
-from bench import common
-from bench import mfu as mfubench
 from configs import demo, models
 from infini_jax import config as configlib
 from infini_jax import metrics, trainer
@@ -36,18 +34,14 @@ def fake_accelerator(monkeypatch, kind: str, count: int):
   monkeypatch.setattr(jax, "device_count", lambda *a: count)
 
 
-def test_accelerators_use_the_published_peak_in_the_log_and_the_benchmarks(monkeypatch):
+def test_accelerators_use_the_published_peak(monkeypatch):
   fake_accelerator(monkeypatch, "TPU v5 lite", 8)
   assert peaklib.job_peak() == 8 * 197e12  # the trainer's: the whole job
-  assert common.peak_probe()() == 197e12  # the benchmarks': their one device
-  with common.Bracket() as bracket:
-    pass
-  assert bracket.peak == 197e12 and bracket.spread == 0
+  assert peaklib.device_peak() == 197e12  # one device's
 
 
-def test_cpu_peak_is_the_benchmarks_probe(monkeypatch):
+def test_cpu_peak_is_the_higher_of_two_probes(monkeypatch):
   monkeypatch.setattr(peaklib.PeakProbe, "__init__", lambda self: None)  # no compile here
-  assert isinstance(common.peak_probe(), peaklib.PeakProbe)  # what bench.mfu brackets with
   calls = iter([1e11, 3e11])
   monkeypatch.setattr(peaklib.PeakProbe, "__call__", lambda self: next(calls))
   # The trainer's: the higher of two probe calls (a Bracket around nothing), once per process.
@@ -59,26 +53,23 @@ def test_measured_cpu_peak_is_a_plausible_matmul_rate():
   assert 1e9 < peak < 1e13  # FLOP/s of XLA's float32 matmuls on a CPU
 
 
-def test_the_log_and_bench_mfu_agree_for_the_same_step_time(monkeypatch):
+def test_the_log_is_library_mfu_for_the_same_step_time(monkeypatch):
   c = demo.get_config()
   model_cfg = configlib.validate(c, device_count=1)
-  # bench/mfu.py's demo workload is the demo experiment's step: same shape, same FLOPs per token.
-  assert (mfubench.DEMO_BATCH, mfubench.DEMO_LEN) == (c.batch_size, c.seq_len)
   assert models.PRESETS["demo"].flops_per_token() == model_cfg.flops_per_token()
   flops_per_token, tokens = 3 * model_cfg.flops_per_token(), c.batch_size * c.seq_len
   peak, step_s = 2.8e11, 0.37
   clock = iter([100.0, 100.0 + 20 * step_s])  # Progress's start, then a report 20 steps later
   monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
   logged = metrics.Progress(600, 0, tokens, flops_per_token, peak).report(20)
-  benched = mfubench.row("demo", tokens, flops_per_token,
-                         dict(step_s=step_s, peak_flops=peak, best_peak_flops=peak))
-  assert logged["mfu"] == pytest.approx(benched["mfu"], rel=1e-12)
-  assert logged["tokens_per_s"] == pytest.approx(benched["tokens_per_s"], rel=1e-12)
+  assert logged["tokens_per_s"] == pytest.approx(tokens / step_s, rel=1e-12)
+  assert logged["mfu"] == pytest.approx(peaklib.mfu(tokens / step_s, flops_per_token, peak),
+                                        rel=1e-12)
 
 
 def test_trainer_logs_mfu_against_the_library_peak(monkeypatch, tmp_path):
   # peak_flops 0: the trainer asks infini_jax.peak for the job's peak; what it logs is then
-  # bench/mfu.py's figure for the step time it logs.
+  # infini_jax.peak.mfu for the step time it logs.
   monkeypatch.setattr(peaklib, "measured_peak", lambda calls=2: 1.25e11)
   c = demo.get_config("runlocal")
   c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, mlp_dim=64,
@@ -89,7 +80,5 @@ def test_trainer_logs_mfu_against_the_library_peak(monkeypatch, tmp_path):
   c.train.update(steps=4, log_every=2, eval_every=0, checkpoint_every=4, peak_flops=0.0)
   out = trainer.train_and_evaluate(c, str(tmp_path / "run"))
   flops_per_token = 3 * configlib.model_config(c).flops_per_token()
-  tokens = c.batch_size * c.seq_len
-  timing = dict(step_s=tokens / out["tokens_per_s"], peak_flops=1.25e11, best_peak_flops=1.25e11)
-  assert out["mfu"] == pytest.approx(mfubench.row("x", tokens, flops_per_token, timing)["mfu"],
+  assert out["mfu"] == pytest.approx(peaklib.mfu(out["tokens_per_s"], flops_per_token, 1.25e11),
                                      rel=1e-9)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from absl import flags
 from ml_collections import ConfigDict
 
 import infini_jax.data as data
@@ -52,8 +53,11 @@ def test_tokenizer_cli_trains_from_text_files(tmp_path):
   for i in range(30):
     (corpus / f"doc{i}.txt").write_text(f"document {i}: the quick brown fox {i * 7}\n" * 20)
   out = tmp_path / "spm" / "tiny.model"
-  toklib._main(["train", "--dataset=text_files", f"--text_dir={corpus}",
-                f"--data_dir={tmp_path / 'tfds'}", "--vocab_size=320", f"--out={out}"])
+  fv = flags.FlagValues()  # the command's own flags, as `python -m infini_jax.data.tokenizer`
+  toklib._define_flags(fv)
+  argv = fv(["tokenizer", "train", "--dataset=text_files", f"--text_dir={corpus}",
+             f"--data_dir={tmp_path / 'tfds'}", "--vocab_size=320", f"--out={out}"])
+  toklib._main(argv, fv)
   tok = get_tokenizer(str(out))
   assert tok.decode(tok.encode("the quick brown fox 42")) == "the quick brown fox 42"
 

@@ -8,13 +8,12 @@ models trained here reserve one, and a model without one gets an extra id past i
 
 Train a SentencePiece model from a prepared dataset's train split:
 
-    python -m infini_jax.data.tokenizer train --dataset=python_code --vocab_size=8192 \
+    python -m infini_jax.data.tokenizer train --dataset=python_code --vocab_size=8192 \\
         --data_dir=data/tfds --out=data/spm/python_code_8k.model
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -187,26 +186,15 @@ def train_sentencepiece(
   return SentencePieceTokenizer(out)
 
 
-def _main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m infini_jax.data.tokenizer",
-      description="Train a SentencePiece model from a prepared dataset's train split.")
-  sub = parser.add_subparsers(dest="command", required=True)
-  train = sub.add_parser("train", help="train a SentencePiece model")
-  train.add_argument("--dataset", required=True,
-                     help="python_code | text_files | passkey | pg19")
-  train.add_argument("--data_dir", default="data/tfds", help="TFDS data directory")
-  train.add_argument("--text_dir", default=None,
-                     help="folder or glob of UTF-8 files (for --dataset=text_files)")
-  train.add_argument("--config", default=None,
-                     help="builder config, e.g. 'small' for a subset of python_code")
-  train.add_argument("--vocab_size", type=int, required=True)
-  train.add_argument("--model_type", default="bpe", choices=("bpe", "unigram"))
-  train.add_argument("--max_lines", type=int, default=2_000_000,
-                     help="lines sampled from the corpus for training")
-  train.add_argument("--out", required=True, help="output path ending in .model")
-  args = parser.parse_args(argv)
+def _main(argv: Sequence[str], flag_values=None) -> None:
+  """`python -m infini_jax.data.tokenizer train --dataset=... --vocab_size=N --out=PATH`: argv as
+  absl leaves it (the program, then `train`), the flags parsed into flag_values (absl's FLAGS)."""
+  from absl import app, flags  # noqa: PLC0415 (the library itself needs no absl)
 
+  if list(argv[1:]) != ["train"]:
+    raise app.UsageError(f"expected the command 'train', got {argv[1:]}: "
+                         "python -m infini_jax.data.tokenizer train --dataset=... --out=...")
+  args = flags.FLAGS if flag_values is None else flag_values
   from infini_jax.data import sources  # Deferred: TFDS import is only needed for training.
 
   kwargs = {}
@@ -223,8 +211,38 @@ def _main(argv: Sequence[str] | None = None) -> None:
         f"eos={tok.eos_id}, trained on {len(docs)} {args.dataset} train documents")
 
 
-if __name__ == "__main__":
+def _define_flags(flag_values=None) -> None:
+  """The command's flags, defined in flag_values (absl's FLAGS): not at import, where they would
+  clash with the entry points' own."""
+  from absl import flags  # noqa: PLC0415
+
+  fv = flags.FLAGS if flag_values is None else flag_values  # an empty FlagValues is falsy
+  for define, name, default, help_ in (
+      (flags.DEFINE_string, "dataset", None, "Source of the training text: python_code, "
+       "text_files, passkey or pg19."),
+      (flags.DEFINE_string, "data_dir", "data/tfds", "The TFDS folder the dataset is read from."),
+      (flags.DEFINE_string, "text_dir", None, "Folder or glob of UTF-8 files (for "
+       "--dataset=text_files)."),
+      (flags.DEFINE_string, "config", None, "Builder config, e.g. 'small' for a subset of "
+       "python_code."),
+      (flags.DEFINE_integer, "vocab_size", None, "Size of the vocabulary, special ids included."),
+      (flags.DEFINE_integer, "max_lines", 2_000_000, "Lines sampled from the corpus to train on."),
+      (flags.DEFINE_string, "out", None, "Output path of the model, ending in .model.")):
+    define(name, default, help_, flag_values=fv)
+  flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "SentencePiece's model type.",
+                    flag_values=fv)
+  flags.mark_flags_as_required(["dataset", "vocab_size", "out"], flag_values=fv)
+
+
+def _run(argv: Sequence[str]) -> None:
   try:
-    _main()
+    _main(argv)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  from absl import app
+
+  _define_flags()
+  app.run(_run)

@@ -17,12 +17,11 @@ Workloads: `layer` (bench/layer.py: Infini-attention, segment 1024, remat, fwd+b
 demo model's training step, batch 8 x 512), `full` (bench/layer.py's full causal attention over
 8192 tokens: GiB-sized temporaries).
 
-  python -m bench.malloc             # writes bench/out/malloc.json and malloc.png
+  python -m bench.studies.malloc             # writes bench/out/malloc.json and malloc.png
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -31,6 +30,7 @@ import sys
 import time
 
 import jax
+from absl import app, flags
 
 from bench import common
 
@@ -79,10 +79,10 @@ VARIANTS = {
 def run_child(workload: str, variant: str, steps: int) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in common.MALLOC_ENV}
   env.update(VARIANTS[variant])
-  proc = subprocess.run([sys.executable, "-m", "bench.malloc", "--child", workload,
+  proc = subprocess.run([sys.executable, "-m", "bench.studies.malloc", "--child", workload,
                          f"--steps={steps}"], env=env, capture_output=True, text=True, check=False)
   if proc.returncode:
-    raise RuntimeError(f"bench.malloc child {workload} failed:\n{proc.stderr[-3000:]}")
+    raise RuntimeError(f"bench.studies.malloc child {workload} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -124,13 +124,10 @@ def plot(rows: list[dict], path: str) -> None:
   fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--child", choices=WORKLOADS)
-  parser.add_argument("--steps", type=int, default=3)
-  parser.add_argument("--rounds", type=int, default=1, help="processes per variant and workload")
-  parser.add_argument("--quick", action="store_true", help="one round")
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   if args.child:
     print(json.dumps(child(args.child, args.steps)))
     return
@@ -146,5 +143,13 @@ def main(argv=None):
   print("wrote", path, "and malloc.png")
 
 
+def define_flags():
+  flags.DEFINE_enum("child", None, list(WORKLOADS), "Internal: time one workload in this process.")
+  flags.DEFINE_integer("steps", 3, "Timed steps per process.")
+  flags.DEFINE_integer("rounds", 1, "Processes per variant and workload.")
+  flags.DEFINE_bool("quick", False, "One round.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -11,17 +11,18 @@ tokens/s over the default flags. MFU is given against the highest peak any child
 that hands the probe's `a + i` to a library changes the probe too, so a child's own peak is no
 fair denominator for it.
 
-  python -m bench.xla_flags          # writes bench/out/xla_flags.json
-  python -m bench.xla_flags --quick  # one round, the default and the YNNPACK variants
+  python -m bench.studies.xla_flags          # writes bench/out/xla_flags.json
+  python -m bench.studies.xla_flags --quick  # one round, the default and the YNNPACK variants
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
+
+from absl import app, flags
 
 from bench import common
 from infini_jax import peak as peaklib
@@ -50,11 +51,11 @@ def child() -> list[dict]:
 
 def run_child(variant: str) -> list[dict]:
   flags = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), VARIANTS[variant]) if f)
-  proc = subprocess.run([sys.executable, "-m", "bench.xla_flags", "--child"],
+  proc = subprocess.run([sys.executable, "-m", "bench.studies.xla_flags", "--child"],
                         env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True,
                         check=False)
   if proc.returncode:
-    raise RuntimeError(f"bench.xla_flags child {variant!r} failed:\n{proc.stderr[-3000:]}")
+    raise RuntimeError(f"bench.studies.xla_flags child {variant!r} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -77,12 +78,10 @@ def compare(variants, rounds: int) -> dict:
   return dict(peak_flops=peak, rows=rows)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--rounds", type=int, default=2, help="processes per variant")
-  parser.add_argument("--quick", action="store_true", help="one round, three variants")
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   if args.child:
     print(json.dumps(child()))
     return
@@ -96,5 +95,12 @@ def main(argv=None):
   print("wrote", common.write("xla_flags", result))
 
 
+def define_flags():
+  flags.DEFINE_bool("child", False, "Internal: time the workloads in this process.")
+  flags.DEFINE_integer("rounds", 2, "Processes per variant.")
+  flags.DEFINE_bool("quick", False, "One round, three variants.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)

@@ -15,21 +15,21 @@ Each op is named three ways:
 With several batch sizes (`--batches=1,2`) every row shows each size's time per step and their
 ratio: a row that grows faster than the batch is what makes a larger batch slower per token.
 
-  python -m bench.profile                                   # demo preset on this CPU
-  python -m bench.profile --preset=1b --seq_len=32768 --batches=1,2 --attention_impl=xla \
+  python -m bench.studies.profile                                   # demo preset on this CPU
+  python -m bench.studies.profile --preset=1b --seq_len=32768 --batches=1,2 --attention_impl=xla \
       --steps=2                                             # the 1b GPU question (bench.gpu_1b)
 Writes bench/out/profile_PRESET.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import re
 import tempfile
 
 import jax
+from absl import app, flags
 
 from bench import common
 
@@ -122,20 +122,13 @@ def print_table(title: str, rows: list[dict], batches: list[int]) -> None:
     print(f"{cells}  {ratio:>6s}  {r[key][:110]}")
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--preset", default="demo")
-  parser.add_argument("--seq_len", type=int, default=512)
-  parser.add_argument("--batches", default="8", help="comma-separated batch sizes, e.g. 1,2")
-  parser.add_argument("--steps", type=int, default=3, help="traced steps per batch size")
-  parser.add_argument("--top", type=int, default=20, help="rows per table")
-  parser.add_argument("--attention_impl", choices=("blocked", "xla"))
-  parser.add_argument("--remat", choices=("full", "dots", "none"))
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"))
-  args = parser.parse_args(argv)
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = flags.FLAGS
   batches = [int(b) for b in args.batches.split(",")]
   if not batches or min(batches) < 1:
-    parser.error(f"--batches must be positive integers, e.g. 1,2; got {args.batches!r}")
+    raise app.UsageError(f"--batches must be positive integers, e.g. 1,2; got {args.batches!r}")
   overrides = {k: getattr(args, k) for k in ("attention_impl", "remat", "dtype")
                if getattr(args, k) is not None}
   per_batch = {b: profile(args.preset, args.seq_len, b, args.steps, **overrides) for b in batches}
@@ -152,5 +145,18 @@ def main(argv=None):
   print("\nwrote", common.write(f"profile_{args.preset}", result))
 
 
+def define_flags():
+  flags.DEFINE_string("preset", "demo", "Model preset to profile.")
+  flags.DEFINE_integer("seq_len", 512, "Tokens per sequence.")
+  flags.DEFINE_string("batches", "8", "Comma-separated batch sizes, e.g. 1,2, profiled side by "
+                      "side.")
+  flags.DEFINE_integer("steps", 3, "Traced steps per batch size.")
+  flags.DEFINE_integer("top", 20, "Rows per table.")
+  flags.DEFINE_enum("attention_impl", None, ["blocked", "xla"], "Override the preset's attention.")
+  flags.DEFINE_enum("remat", None, ["full", "dots", "none"], "Override the preset's remat.")
+  flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Override the preset's compute dtype.")
+
+
 if __name__ == "__main__":
-  main()
+  define_flags()
+  app.run(main)
