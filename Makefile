@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 WORKDIR ?= runs/demo
 AOT_DIR ?= runs/aot
 
-.PHONY: help train test bench devices aot results-passkey results-lm results-books clean
+.PHONY: help train test bench devices aot results-passkey results-lm clean
 
 # `make help`: every target with its line, read from the `## ` comments below.
 help:  ## this list
