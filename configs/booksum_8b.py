@@ -48,8 +48,9 @@ def get_config(arg=None):
   c.seq_len = (16 if finetune else 4) * T  # 8K, then 32K tokens
   c.batch_size = 32 if finetune else 64
   # Pre-training on v5e-256 (v5e:16x16: fsdp 64 x tensor 4) or 64 v5p chips (v5p:4x4x4: fsdp 16
-  # x tensor 4); fine-tuning's 32 sequences of 32K on 64 v5p chips, fsdp 32 x tensor 2.
-  c.mesh.update(data=1, fsdp=-1, tensor=2 if finetune else 4)
+  # x tensor 4); fine-tuning's 32 sequences of 32K on the 64 v5p chips likewise. Each mesh axis
+  # must be a product of the torus's axes (4 x 4 x 4): tensor 2 cannot be laid on it.
+  c.mesh.update(data=1, fsdp=-1, tensor=4)
   if finetune:
     c.data.update(name="booksum", text_glob="", tokenizer="", booksum_text_field="",
                   booksum_summary_field="", booksum_synthetic=0, booksum_summary_only=True)

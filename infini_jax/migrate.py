@@ -51,7 +51,7 @@ def old_name(path: tuple, cfg: ModelConfig) -> list[tuple]:
   rest = path[3:]
   if rest[:2] == ("attn", "memory"):
     tail = rest[2:]
-    tail = tail[2:] if tail[0] == "options" else tail  # options/<j>/<name>
+    tail = tail[2:] if tail[0] == "options" else tail  # options/<option>/<name>
     rest = ("attn", _MEMORY[tuple(tail)])
   return [("blocks", i) + rest for i in range(first, first + count)]
 

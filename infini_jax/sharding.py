@@ -78,7 +78,13 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = jax.devices() if devices is None else list(devices)
   shape = mesh_shape(mesh_cfg, len(devices))
   # Auto axes: the compiler propagates shardings from the annotations (GSPMD style).
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+  except NotImplementedError as e:  # jax cannot lay these axis sizes on the physical torus
+    raise ValueError(f"mesh data={shape[0]}, fsdp={shape[1]}, tensor={shape[2]} cannot be laid "
+                     f"on these devices' physical torus: each axis size must be a product of "
+                     f"the torus's axis sizes ({str(e).split('remaining assignable mesh ')[-1][:20]}"
+                     "...); pick sizes such as 4 or 16 on a 4x4x4 slice") from None
 
 
 def spec(names: Sequence[str | None], rules: dict[str, Any]) -> P:

@@ -29,7 +29,7 @@ def memory(model):
 
 
 def option(model, kind):
-  return next(o for o in memory(model).options if isinstance(o, kind))
+  return next(o for o in memory(model).options.values() if isinstance(o, kind))
 
 
 def put(variable, value):
@@ -143,7 +143,7 @@ def test_memory_scale_reads_and_writes_with_scaled_features(make_model):
   np.testing.assert_allclose(paper(k * s[:, None], v, memory_state=ref).M, state.memory.M,
                              rtol=1e-5)
   # Query head n reads with kv head n // 2's scale.
-  scale = attn.memory.options[0]
+  scale = attn.memory.options["memory_scale"]
   np.testing.assert_allclose(scale.query(q), q * jnp.repeat(s, 2)[:, None], rtol=1e-6)
 
 
@@ -182,7 +182,7 @@ def test_write_gate_weighs_each_token_by_its_key(make_model):
   x = jax.random.normal(jax.random.key(3), (2, T, TINY.d_model))
   _, state = attn(x, attn.memory.init_state(2))
   k, v = attn.project_kv(x)
-  w = attn.memory.options[0].w[...]
+  w = attn.memory.options["write_gate"].w[...]
   beta = jax.nn.sigmoid(jnp.einsum("BTKH,KH->BTK", k, w) + jnp.array([1.0, -2.0]))
   want = paper(k, v, beta)
   np.testing.assert_allclose(state.memory.M, want.M, rtol=1e-5, atol=1e-6)
@@ -204,7 +204,7 @@ def test_write_gate_decoding_equals_the_scan(make_model, rule):
 def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_model):
   model = make_model(memory_decay=True, num_layers=1)
   attn = first_block(model).attn
-  gamma = np.asarray(attn.memory.options[0].value())
+  gamma = np.asarray(attn.memory.options["memory_decay"].value())
   assert gamma.shape == (2,) and 0.4 < gamma.min() < gamma.max() < 1.0  # spread over heads
   np.testing.assert_allclose(model.decays(), gamma[None], rtol=1e-6)
   reported = dict(evaluate.Gates(None).run(model))  # the gates evaluator reports each γ

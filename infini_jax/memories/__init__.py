@@ -45,9 +45,10 @@ def _infini(cfg) -> Infini:
   N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
   gate = (options.QueryGate(N, H, cfg.gate_init, cfg.memory_add) if cfg.query_gate
           else Gate(N, cfg.gate_init, cfg.memory_add))
-  parts = [options.MemoryScale(N, K)] if cfg.memory_scale else []
-  parts += [options.WriteGate(K, H)] if cfg.write_gate else []
-  parts += [options.Decay(K)] if cfg.memory_decay else []
+  # Named, not numbered: a checkpoint without one option still matches the others by name.
+  parts = {"memory_scale": options.MemoryScale(N, K)} if cfg.memory_scale else {}
+  parts |= {"write_gate": options.WriteGate(K, H)} if cfg.write_gate else {}
+  parts |= {"memory_decay": options.Decay(K)} if cfg.memory_decay else {}
   return Infini(N, K, H, rule=RULES[cfg.rule](), gate=gate, options=parts,
                 context=_xl(cfg) if cfg.xl_cache else Local(K, H))
 

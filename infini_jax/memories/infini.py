@@ -90,10 +90,10 @@ class Infini(nnx.Module):
   q [B, T, N, H], k [B, T, K, H], v [B, T, K, V], mask [B, T] (False on padding)."""
 
   def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, *, rule, context,
-               gate: Gate, options=()):
+               gate: Gate, options=None):
     self.N, self.K, self.H = num_heads, num_kv_heads, head_dim
     self.rule, self.context, self.gate = rule, context, gate
-    self.options = nnx.List(options)
+    self.options = nnx.Dict(options or {})  # name -> Option, applied in this order
 
   def init_state(self, batch: int) -> InfiniState:
     K, H = self.K, self.H
@@ -107,7 +107,8 @@ class Infini(nnx.Module):
   def flops(self, N: int, T: int) -> tuple[float, float]:
     keys, extra = self.context.flops(N, T)
     extra += self.rule.flops(N, self.K, self.H, T)
-    return keys, extra + sum(o.flops(N, self.K, self.H) for o in [*self.options, self.gate])
+    parts = [*self.options.values(), self.gate]
+    return keys, extra + sum(o.flops(N, self.K, self.H) for o in parts)
 
   def __call__(self, layer, x, q, k, v, state: InfiniState, mask):
     a_dot, context = self.context(layer, x, q, k, v, state.context, mask)  # [B, T, N, V]
@@ -120,16 +121,16 @@ class Infini(nnx.Module):
   def read(self, memory: CompressiveMemory, q: jax.Array) -> jax.Array:
     """eq. 3 for q [B, T, N, H] -> [B, T, N, V]; query head n reads key/value head n // G."""
     B, T, N, H = q.shape
-    for o in self.options:
+    for o in self.options.values():
       q = o.query(q)
     fq = self.rule.features(q).reshape(B, T, self.K, N // self.K, H)
     return self.rule.read(memory, fq).reshape(B, T, N, -1)
 
   def write(self, memory, k, v, w, mask) -> CompressiveMemory:
     """eqs. 4-5 for k [B, T, K, H], v [B, T, K, V], weights w [B, T, K]."""
-    for o in self.options:
+    for o in self.options.values():
       w = o.weigh(k, w)
-    for o in self.options:
+    for o in self.options.values():
       k, memory = o.key(k), o.fade(memory, mask)
     return self.rule.write(memory, self.rule.features(k), v.astype(jnp.float32), w)
 
