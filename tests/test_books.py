@@ -118,7 +118,7 @@ def test_configs_recipes():
   with pytest.raises(ValueError, match="recipe one of"):
     books_lm.get_config("recipe=tuned")
   pk = books_passkey.get_config("memory=infini")
-  assert pk.data.passkey_filler == "text" and pk.model.write_gate
+  assert pk.data.passkey_filler == "text" and pk.data.passkey_filler_glob == books_lm.TEXT_GLOB
   assert np.isclose(pk.data.answer_weight, 8.0)
   with pytest.raises(ValueError, match="use one of"):
     books_passkey.get_config("memory=memorizing")
