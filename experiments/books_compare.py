@@ -51,7 +51,8 @@ def verdicts(results: dict, evaluator: str) -> str:
   per_seed = {n: {s["seed"]: s["metrics"][ppl] for s in seeds if ppl in s["metrics"]}
               for n, seeds in results.items()}
   lines = ["| Infini | baseline | seeds | Infini minus baseline, per seed | mean | spread "
-           "(larger std) | below by more than the spread? |", "|---|---|---|---|---|---|---|"]
+           "(larger std) | below in | below by more than the spread? |",
+           "|---|---|---|---|---|---|---|---|"]
   for infini in sorted(n for n in per_seed if n.startswith("infini")):
     for base in sorted(n for n in per_seed if not n.startswith("infini")):
       common = sorted(set(per_seed[infini]) & set(per_seed[base]), key=int)
@@ -70,25 +71,26 @@ def verdicts(results: dict, evaluator: str) -> str:
         verdict = "no" + (" (below, within the spread)" if gaps.mean() < 0 else " (above)")
       lines.append(f"| {infini} | {base} | {','.join(common)} | "
                    f"{', '.join(f'{g:+.2f}' for g in gaps)} | {gaps.mean():+.2f} | "
-                   f"{spread:.2f} | {verdict} |")
+                   f"{spread:.2f} | {(gaps < 0).sum()} of {len(gaps)} | {verdict} |")
   return "\n".join(lines)
 
 
 def passkey_table(runs: str) -> str:
-  """Whole-key accuracy per (length, position) of every passkey run's sweep.json."""
+  """Whole-key accuracy per (length, position) of every passkey run's sweep*.json."""
   rows = []
-  for path in sorted(glob.glob(os.path.join(runs, "passkey", "*", "seed*", "sweep.json"))):
+  for path in sorted(glob.glob(os.path.join(runs, "passkey", "*", "seed*", "sweep*.json"))):
     with open(path) as f:
       sweep = json.load(f)
     run = os.path.dirname(path)
     name = f"{os.path.basename(os.path.dirname(run))} {os.path.basename(run)}"
     for length, cells in sweep["acc"].items():
-      row = [name, length] + [f"{100 * cells[p]:.0f}%" if p in cells else "–"
-                              for p in ("start", "middle", "end")]
+      row = [name, length] + [
+          f"{100 * cells[p]:.0f}% ({100 * sweep['digits'][length][p]:.0f}%)" if p in cells
+          else "–" for p in ("start", "middle", "end")]
       rows.append(row + [str(sweep["samples"])])
   if not rows:
     return ""
-  lines = ["| run | prompt length | start | middle | end | prompts per cell |",
+  lines = ["| run | prompt length | start: whole key (digits) | middle | end | prompts per cell |",
            "|---|---|---|---|---|---|"]
   return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 

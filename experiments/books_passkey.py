@@ -64,6 +64,7 @@ def main(argv=None):
   parser.add_argument("--positions", default=",".join(POSITIONS))
   parser.add_argument("--samples", type=int, default=5)
   parser.add_argument("--split", default="test", help="whose books the filler comes from")
+  parser.add_argument("--out", default="sweep.json", help="file name in WORKDIR")
   args = parser.parse_args(argv)
   config = load_config(args.config)
   model, step = report.load_model(config, args.workdir)
@@ -74,7 +75,7 @@ def main(argv=None):
   evaluate.check_vocab(get_tokenizer(config.data.tokenizer), model)
   out = dict(acc={}, digits={}, samples=args.samples, step=step, seconds={},
              filler_split=args.split)
-  path = os.path.join(args.workdir, "sweep.json")
+  path = os.path.join(args.workdir, args.out)
   for length in ev.lengths:
     for position in ev.positions:
       start = time.time()
