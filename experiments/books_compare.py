@@ -35,12 +35,14 @@ def position_table(results: dict, evaluator: str) -> str:
   buckets = sorted({k[len(ppl) + 5:] for seeds in results.values() for s in seeds
                     for k in s["metrics"] if k.startswith(ppl + "_seg_")},
                    key=lambda b: int(b.split("-")[0]))
-  head = ["memory", "seeds", "all"] + [f"seg {b}" for b in buckets]
+  head = ["memory", "seeds", "all"] + [f"seg {b}" for b in buckets] + ["params", "state / seq"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name in sorted(results, key=lambda n: np.mean([s["metrics"][ppl] for s in results[n]])):
     seeds = results[name]
     row = [name, ",".join(sorted(s["seed"] for s in seeds)), ms([s["metrics"][ppl] for s in seeds])]
     row += [ms([s["metrics"].get(f"{ppl}_seg_{b}", np.nan) for s in seeds]) for b in buckets]
+    params, state = compare.sizes(seeds[0]["model"])
+    row += [f"{params / 1e6:.3f}M", f"{state:,}"]
     lines.append("| " + " | ".join(row) + " |")
   return "\n".join(lines)
 
