@@ -83,6 +83,7 @@ def get_config(arg=None):
       "perplexity", split="test", max_documents=1, max_tokens=0, chunk_len=TRAIN_LEN,
       batch_size=1)
   c.evals.perplexity_long.kind = "perplexity"
+  c.evals.gates = evaluate.settings("gates")  # sigmoid(β) per head: how much each reads memory
   if arg.runlocal:
     c.optimizer.warmup_steps = 3
     c.evals.perplexity.max_tokens = 4096
