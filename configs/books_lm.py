@@ -26,7 +26,7 @@ segments of keys, top 32, as in configs/python_lm.py). `recipe`:
   best   the project's best LM recipe (docs/RESULTS.md section 2): Infini with memory_decay,
          xl_cache, gate_init -3, memory_add, token_shift 8 started at 0 and memory_scale; the
          baselines with the same token shift, so that every model gets the same input.
-`steps` (default 300, the laptop budget of `make results-books`), `segment`, `shuffle_seed` as in
+`steps` (default 150, the laptop budget of `make results-books`), `segment`, `shuffle_seed` as in
 configs/python_lm.py. `runlocal`: a 10-step smoke run that streams 4K tokens of each book.
 """
 
@@ -59,7 +59,7 @@ def recipe_options(memory: str, recipe: str, segment: int = SEGMENT) -> dict:
 
 
 def get_config(arg=None):
-  arg = configlib.parse_arg(arg, runlocal=False, memory="infini", recipe="paper", steps=300,
+  arg = configlib.parse_arg(arg, runlocal=False, memory="infini", recipe="paper", steps=150,
                             segment=SEGMENT, shuffle_seed=-1, text_glob=TEXT_GLOB,
                             tokenizer=TOKENIZER)
   if arg.segment < 1 or TRAIN_LEN % arg.segment:
