@@ -17,6 +17,13 @@ separately encoded pieces, the filler cut to the exact number of tokens left, so
   "middle" (0.5), "end" (1, the key line right before the question), or "random" (uniform per
   example, what fine-tuning uses).
 
+Filler: `filler="repeat"` (the default, the paper's) tiles FILLER. `filler="text"` takes a
+contiguous passage of real text instead: the files of a `text_files` corpus (`filler_glob`, e.g.
+the books of `infini_jax.data.books`), those whose `text_files.split_of` is the example's split,
+joined into one token stream; each example starts at a random offset and wraps around at the end
+(a prompt longer than the split's text repeats it). Train, validation and test prompts so draw
+their filler from disjoint files, and a model cannot learn to skip one known filler.
+
 Example i of split s is drawn from `np.random.default_rng([seed, SPLIT_STREAM[s], i])`: the splits
 never share keys, any example can be made alone, and `passkey_prompt(..., split="test")` yields
 the same examples as the prepared test split.
@@ -25,13 +32,16 @@ the same examples as the prepared test split.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from infini_jax.data import text_files
 from infini_jax.data.local_builder import LocalBuilder
 from infini_jax.data.tokenizer import Tokenizer, get_tokenizer
 
@@ -44,6 +54,34 @@ QUESTION = " What is the pass key? The pass key is"
 NAMED_POSITIONS = {"start": 0.0, "middle": 0.5, "end": 1.0}
 SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
 SPM_LENGTH_TOLERANCE = 8
+FILLERS = ("repeat", "text")
+
+
+@functools.lru_cache(maxsize=8)
+def _text_filler(filler_glob: str, split: str, tokenizer: Tokenizer) -> np.ndarray:
+  root, files = text_files.expand_text_glob(filler_glob)
+  chosen = [f for f in files
+            if text_files.split_of(os.path.relpath(f, root).replace(os.sep, "/")) == split]
+  if not chosen:
+    raise ValueError(f"passkey filler: {filler_glob!r} has no {split} file (its split is a hash "
+                     "of the path, as in text_files); add files or point filler_glob elsewhere")
+  # One space between files, and runs of whitespace as one space: prompts are one paragraph.
+  text = " " + " ".join(" ".join(text_files.read_text_file(f).split()) for f in chosen)
+  return tokenizer.encode_array(text)
+
+
+def filler_tokens(filler: str, filler_glob: str, split: str, tokenizer: Tokenizer) -> np.ndarray:
+  """The token stream filler is cut from: FILLER's tokens, or the split's text (see above)."""
+  if filler == "repeat":
+    return tokenizer.encode_array(FILLER)
+  if filler == "text":
+    if not filler_glob:
+      raise ValueError("passkey filler 'text' needs filler_glob: a folder or glob of UTF-8 text "
+                       "files, e.g. data/books (python -m infini_jax.data.books)")
+    if split not in SPLIT_STREAM:
+      raise ValueError(f"passkey split {split!r}: use one of {sorted(SPLIT_STREAM)}")
+    return _text_filler(os.path.abspath(os.path.expanduser(filler_glob)), split, tokenizer)
+  raise ValueError(f"passkey filler {filler!r}: use one of {FILLERS}")
 
 
 def position_fraction(position: str | float, rng: np.random.Generator) -> float:
@@ -64,8 +102,12 @@ def position_fraction(position: str | float, rng: np.random.Generator) -> float:
 
 
 def make_passkey_example(length: int, position: str | float, digits: int,
-                         rng: np.random.Generator, tokenizer: Tokenizer) -> dict:
+                         rng: np.random.Generator, tokenizer: Tokenizer,
+                         filler: np.ndarray | None = None) -> dict:
   """One prompt of `length` tokens with a random `digits`-digit key at `position`.
+
+  filler: the token stream to cut the filler from (`filler_tokens`); None: FILLER repeated,
+  tiled from its start. A longer stream (text) is read from a random offset, wrapping around.
 
   Returns dict(prompt, text=prompt + " " + answer, answer (digits), key_position, length).
   Built from a few encoded pieces and a tiled filler, so 1M-token prompts take well under a
@@ -83,8 +125,12 @@ def make_passkey_example(length: int, position: str | float, digits: int,
     raise ValueError(
         f"passkey length {length} is too short: the instruction, the key line with {digits} "
         f"digits and the question alone take {n_fixed} tokens; use a length >= {n_fixed}")
-  unit = tokenizer.encode_array(FILLER)
-  filler = np.tile(unit, -(-n_filler // len(unit)))[:n_filler]
+  if filler is None:
+    unit = tokenizer.encode_array(FILLER)
+    filler = np.tile(unit, -(-n_filler // len(unit)))[:n_filler]
+  else:  # drawn after the key and the position, so the default examples are unchanged
+    start = int(rng.integers(len(filler)))
+    filler = np.take(filler, np.arange(start, start + n_filler), mode="wrap")
   n_before = int(round(fraction * n_filler))
   before, after = tokenizer.decode(filler[:n_before]), tokenizer.decode(filler[n_before:])
   prompt = INSTRUCTION + before + key_line + after + QUESTION
@@ -120,15 +166,19 @@ def example_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def passkey_prompts(length: int, position: str | float, num_samples: int, tokenizer: Tokenizer,
-                    *, digits: int = 5, seed: int = 0,
-                    split: str = "test") -> Iterator[tuple[np.ndarray, str]]:
+                    *, digits: int = 5, seed: int = 0, split: str = "test",
+                    filler: str = "repeat",
+                    filler_glob: str = "") -> Iterator[tuple[np.ndarray, str]]:
   """(prompt ids: int32 [1 + ~length], BOS first; answer digits) for the passkey evaluator.
 
   No dataset to prepare: examples are made on the fly (the same ones as the prepared `split`).
-  The ids are the tokenizer's own encoding of the prompt text.
+  The ids are the tokenizer's own encoding of the prompt text. filler, filler_glob: see above
+  (with "text", the filler comes from `split`'s files).
   """
+  stream = None if filler == "repeat" else filler_tokens(filler, filler_glob, split, tokenizer)
   for i in range(num_samples):
-    ex = make_passkey_example(length, position, digits, example_rng(seed, split, i), tokenizer)
+    ex = make_passkey_example(length, position, digits, example_rng(seed, split, i), tokenizer,
+                              stream)
     ids = tokenizer.encode_array(ex["prompt"])
     yield np.concatenate([np.array([tokenizer.bos_id], np.int32), ids]), ex["answer"]
 
@@ -147,20 +197,30 @@ class PasskeyConfig(tfds.core.BuilderConfig):
   # Each prompt is up to `jitter` tokens shorter than `length` (uniformly), so that in a window
   # of fixed length the answer does not always sit at the same offset of the same segment.
   jitter: int = 0
+  filler: str = "repeat"
+  filler_glob: str = ""
 
 
 def passkey_config(length: int = 4096, position: str | float = "random", digits: int = 5,
                    num_examples: int = 1000, num_eval_examples: int = 100, seed: int = 0,
-                   tokenizer: str = "byte", jitter: int = 0) -> PasskeyConfig:
+                   tokenizer: str = "byte", jitter: int = 0, filler: str = "repeat",
+                   filler_glob: str = "") -> PasskeyConfig:
   """A config named by its parameters, so different settings share a data_dir without clashing."""
   position_fraction(position, np.random.default_rng(0))  # Fail early on a bad position.
   if not 0 <= jitter < length:
     raise ValueError(f"passkey jitter {jitter} must be in [0, length={length})")
+  if filler not in FILLERS:
+    raise ValueError(f"passkey filler {filler!r}: use one of {FILLERS}")
+  if filler == "text" and not filler_glob:
+    raise ValueError("passkey filler 'text' needs filler_glob (e.g. data/books)")
   params = dict(length=int(length), position=str(position), digits=int(digits),
                 num_examples=int(num_examples), num_eval_examples=int(num_eval_examples),
                 seed=int(seed), tokenizer=get_tokenizer(tokenizer).fingerprint)
   if jitter:  # only then: the datasets prepared without it keep their names
     params["jitter"] = int(jitter)
+  if filler != "repeat":  # likewise
+    params["filler"] = filler
+    params["filler_glob"] = os.path.abspath(os.path.expanduser(filler_glob))
   digest = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
   return PasskeyConfig(name=f"len{length}_{digest}", description=json.dumps(params),
                        **{**params, "tokenizer": str(tokenizer)})
@@ -186,7 +246,8 @@ class Passkey(LocalBuilder, skip_registration=True):
         }),
         metadata=tfds.core.MetadataDict(
             {k: str(v) for k, v in dataclasses.asdict(self.builder_config).items()
-             if k in ("length", "position", "digits", "seed", "tokenizer", "jitter")}),
+             if k in ("length", "position", "digits", "seed", "tokenizer", "jitter", "filler",
+                      "filler_glob")}),
     )
 
   def _split_generators(self, dl_manager):
@@ -199,12 +260,14 @@ class Passkey(LocalBuilder, skip_registration=True):
   def _generate_examples(self, split: str, count: int) -> Iterator[tuple[str, dict]]:
     cfg = self.builder_config
     tokenizer = get_tokenizer(cfg.tokenizer)
+    stream = (None if cfg.filler == "repeat"
+              else filler_tokens(cfg.filler, cfg.filler_glob, split, tokenizer))
     for i in range(count):
       # The jitter has a stream of its own: without it, the examples are what they always were.
       shorter = np.random.default_rng([cfg.seed, SPLIT_STREAM[split], i, 1]).integers(
           cfg.jitter + 1) if cfg.jitter else 0
       ex = make_passkey_example(cfg.length - int(shorter), cfg.position, cfg.digits,
-                                example_rng(cfg.seed, split, i), tokenizer)
+                                example_rng(cfg.seed, split, i), tokenizer, stream)
       yield f"{split}-{i:07d}", {
           "text": ex["text"], "id": f"{split}-{i:07d}", "answer": ex["answer"],
           "key_position": ex["key_position"], "length": ex["length"]}

@@ -231,7 +231,10 @@ def _passkey_kwargs(data_cfg: ConfigDict, seq_len: int | None) -> dict[str, Any]
           "num_eval_examples": int(data_cfg.passkey_eval_examples),
           "seed": int(data_cfg.passkey_seed),
           "tokenizer": data_cfg.tokenizer,
-          "jitter": int(data_cfg.get("passkey_jitter", 0))}
+          "jitter": int(data_cfg.get("passkey_jitter", 0)),
+          # "text": filler from a text corpus's files of each split (passkey.py)
+          "filler": str(data_cfg.get("passkey_filler", "repeat")),
+          "filler_glob": str(data_cfg.get("passkey_filler_glob", ""))}
 
 
 # Dataset name -> the builder arguments its data config fields name.

@@ -1,0 +1,124 @@
+"""Books from the Brotli sdist as a text_files corpus, and the passkey filler drawn from text."""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from ml_collections import ConfigDict
+
+from configs import books_lm, books_passkey
+from infini_jax.data import books, passkey, pipeline, text_files
+from infini_jax.data.tokenizer import ByteTokenizer
+
+# Each book a distinct vocabulary, so a prompt's words say which book they came from.
+WORDS = {"alice29": "rabbit", "lcet10": "archive", "asyoulik": "forest", "plrabn12": "serpent"}
+
+
+def _fake_sdist(path):
+  """A .tar.gz laid out as Brotli's sdist: the four books under tests/testdata, CRLF lines."""
+  with tarfile.open(path, "w:gz") as tar:
+    for stem, word in WORDS.items():
+      data = "\r\n".join(f"{word} {i} {word}." for i in range(400)).encode("ascii")
+      info = tarfile.TarInfo(f"Brotli-1.1.0/tests/testdata/{stem}.txt")
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("books")
+  sdist = _fake_sdist(str(root / "Brotli-1.1.0.tar.gz"))
+  out = str(root / "books")
+  return out, books.prepare(sdist, out)
+
+
+def test_prepare_puts_each_book_in_its_split(corpus):
+  out, written = corpus
+  assert set(written) == set(books.BOOKS)
+  for stem, rel in written.items():
+    assert text_files.split_of(rel) == books.BOOKS[stem]  # what the text_files builder will read
+    with open(os.path.join(out, rel), "rb") as f:
+      data = f.read()
+    assert b"\r" not in data and data.startswith(WORDS[stem].encode())
+  for split in text_files.SPLITS:
+    got = {os.path.basename(os.path.dirname(f)) + "/" + os.path.basename(f)
+           for f in books.book_files(out, split)}
+    assert got == {rel for stem, rel in written.items() if books.BOOKS[stem] == split}
+
+
+def test_missing_books_name_the_fetch_command(tmp_path):
+  os.makedirs(tmp_path / "src")
+  with pytest.raises(FileNotFoundError, match=r"pip download .*brotli==1\.1\.0"):
+    books.prepare(str(tmp_path / "src"), str(tmp_path / "out"))
+
+
+def test_text_filler_comes_from_the_split_books_only(corpus):
+  out, _ = corpus
+  tok = ByteTokenizer()
+  for split, own in (("train", {"rabbit", "archive"}), ("test", {"serpent"})):
+    stream = passkey.filler_tokens("text", out, split, tok)
+    for i in range(3):
+      ex = passkey.make_passkey_example(600, "middle", 5, passkey.example_rng(0, split, i), tok,
+                                        stream)
+      assert len(tok.encode(ex["prompt"])) == 600  # bytes: exact length, as with the default
+      assert passkey.KEY_LINE.format(key=ex["answer"]) in ex["prompt"]
+      filler = ex["prompt"].replace(passkey.INSTRUCTION, "").replace(passkey.QUESTION, "")
+      words = {w for w in set(WORDS.values()) if w in filler}
+      assert words and words <= own, (split, words)
+      assert "grass is green" not in filler
+  # Different examples start at different places of the book.
+  a, b = (passkey.make_passkey_example(300, "end", 5, passkey.example_rng(0, "test", i), tok,
+                                       passkey.filler_tokens("text", out, "test", tok))["prompt"]
+          for i in (0, 1))
+  assert a != b
+
+
+def test_default_filler_is_unchanged():
+  tok = ByteTokenizer()
+  ex = passkey.make_passkey_example(500, "random", 5, passkey.example_rng(3, "train", 0), tok)
+  line = passkey.KEY_LINE.format(key=ex["answer"])
+  filler = ex["prompt"][len(passkey.INSTRUCTION):-len(passkey.QUESTION)].replace(line, "")
+  assert filler == (passkey.FILLER * 10)[:len(filler)]  # the five sentences, tiled from the start
+  ids, answer = next(passkey.passkey_prompts(500, "random", 1, tok, seed=3, split="train"))
+  assert answer == ex["answer"] and tok.decode(ids[1:]) == ex["prompt"]  # the same rng draws
+  cfg = passkey.passkey_config(length=500)
+  assert cfg.filler == "repeat" and "filler" not in cfg.description  # prepared names unchanged
+
+
+def test_text_filler_config_and_pipeline_kwargs(corpus):
+  out, _ = corpus
+  with pytest.raises(ValueError, match="filler_glob"):
+    passkey.passkey_config(length=500, filler="text")
+  with pytest.raises(ValueError, match="use one of"):
+    passkey.passkey_config(length=500, filler="lorem")
+  text = passkey.passkey_config(length=500, filler="text", filler_glob=out)
+  assert text.name != passkey.passkey_config(length=500).name  # prepared apart from the default
+  data = ConfigDict(dict(name="passkey", tokenizer="byte", passkey_length=500,
+                         passkey_eval_examples=4, passkey_seed=0, passkey_filler="text",
+                         passkey_filler_glob=out))
+  kwargs = pipeline.builder_kwargs(data)
+  assert kwargs["filler"] == "text" and kwargs["filler_glob"] == out
+  prompts = list(passkey.passkey_prompts(500, "start", 2, ByteTokenizer(), filler="text",
+                                         filler_glob=out, split="test"))
+  assert all("serpent" in ByteTokenizer().decode(ids) for ids, _ in prompts)
+
+
+def test_configs_recipes():
+  best = books_lm.get_config("memory=infini,recipe=best")
+  assert best.model.memory_decay and best.model.xl_cache and best.model.token_shift == 8
+  assert best.data.name == "text_files" and best.model.vocab_size == books_lm.VOCAB
+  xl = books_lm.get_config("memory=xl,recipe=best")
+  assert xl.model.token_shift == 8 and not xl.model.memory_decay  # the same input, no options
+  paper = books_lm.get_config("memory=infini,recipe=paper")
+  assert not paper.model.token_shift and paper.model.gate_init == 0.0
+  assert books_lm.get_config("memory=memorizing").model.memory_size == 16 * books_lm.SEGMENT
+  with pytest.raises(ValueError, match="recipe one of"):
+    books_lm.get_config("recipe=tuned")
+  pk = books_passkey.get_config("memory=infini")
+  assert pk.data.passkey_filler == "text" and pk.data.passkey_filler_glob == books_lm.TEXT_GLOB
+  assert np.isclose(pk.data.answer_weight, 8.0)
+  with pytest.raises(ValueError, match="use one of"):
+    books_passkey.get_config("memory=memorizing")
