@@ -10,7 +10,7 @@ PIP := $(VENV)/bin/pip
 WORKDIR ?= runs/demo
 AOT_DIR ?= runs/aot
 
-.PHONY: help train test bench devices aot results-passkey results-lm clean
+.PHONY: help train test bench devices aot results-passkey results-lm results-books clean
 
 # `make help`: every target with its line, read from the `## ` comments below.
 help:  ## this list
@@ -75,6 +75,11 @@ results-passkey: $(VENV)/.installed  ## passkey retrieval, every run of RESULTS 
 
 results-lm: $(VENV)/.installed  ## Python LM, every run of RESULTS section 2 (about 20 CPU-hours; RUNS=..., SEEDS=...)
 	PYTHON=$(PY) SEEDS="$(SEEDS)" bash experiments/python_lm.sh runs/python_lm 1500 "$(RUNS)"
+
+# 7 models x 3 seeds of the book LM (150 steps each, 4-20 CPU-minutes a run) and the book-text
+# passkey for Infini, XL and local: about 4 CPU-hours.
+results-books: $(VENV)/.installed  ## book LM by context position and passkey among book text (docs/RESULTS_books.md; about 4 CPU-hours)
+	PYTHON=$(PY) bash experiments/books.sh all runs/books
 
 clean:  ## remove .venv and runs/
 	rm -rf $(VENV) runs
