@@ -78,7 +78,7 @@ results-lm: $(VENV)/.installed  ## Python LM, every run of RESULTS section 2 (ab
 
 # 7 models x 3 seeds of the book LM (150 steps each, 4-20 CPU-minutes a run) and the book-text
 # passkey for Infini, XL and local: about 4 CPU-hours.
-results-books: $(VENV)/.installed  ## book LM by context position and passkey among book text (docs/RESULTS_books.md; about 4 CPU-hours)
+results-books: $(VENV)/.installed  ## book LM by context position and passkey among book text (docs/RESULTS.md section 4; about 4 CPU-hours)
 	PYTHON=$(PY) bash experiments/books.sh all runs/books
 
 clean:  ## remove .venv and runs/

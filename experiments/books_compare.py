@@ -16,6 +16,7 @@ import os
 import sys
 
 import numpy as np
+from absl import app
 
 from experiments import compare
 
@@ -98,8 +99,9 @@ def passkey_table(runs: str) -> str:
 
 
 def main(argv):
+  argv = argv[1:]  # absl passes the program name first
   if len(argv) != 1:
-    sys.exit("usage: python -m experiments.books_compare RUNS_DIR")
+    raise app.UsageError("usage: python -m experiments.books_compare RUNS_DIR")
   runs = argv[0]
   results = compare.load(os.path.join(runs, "lm")) if os.path.isdir(
       os.path.join(runs, "lm")) else {}
@@ -123,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  app.run(main)

@@ -12,13 +12,14 @@ every cell, so an interrupted sweep keeps what it measured.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
+import types
 
 import numpy as np
+from absl import app, flags
 
 from infini_jax import evaluate, report
 from infini_jax.data import passkey
@@ -55,17 +56,23 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python -m experiments.books_passkey",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--config", required=True, help="configs/books_passkey.py:ARGS of the run")
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--lengths", default="4096,32768,131072")
-  parser.add_argument("--positions", default=",".join(POSITIONS))
-  parser.add_argument("--samples", type=int, default=5)
-  parser.add_argument("--split", default="test", help="whose books the filler comes from")
-  parser.add_argument("--out", default="sweep.json", help="file name in WORKDIR")
-  args = parser.parse_args(argv)
+_CONFIG = flags.DEFINE_string("config", None, "configs/books_passkey.py:ARGS of the run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The fine-tuned run's workdir.")
+_LENGTHS = flags.DEFINE_string("lengths", "4096,32768,131072", "Prompt lengths in tokens, "
+                               "comma-separated.")
+_POSITIONS = flags.DEFINE_string("positions", ",".join(POSITIONS), "Where the key sits: start, "
+                                 "middle and/or end, comma-separated.")
+_SAMPLES = flags.DEFINE_integer("samples", 5, "Prompts per cell.")
+_SPLIT = flags.DEFINE_string("split", "test", "Whose books the filler comes from.")
+_OUT = flags.DEFINE_string("out", "sweep.json", "File name in WORKDIR for the accuracies.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  args = types.SimpleNamespace(config=_CONFIG.value, workdir=_WORKDIR.value,
+                               lengths=_LENGTHS.value, positions=_POSITIONS.value,
+                               samples=_SAMPLES.value, split=_SPLIT.value, out=_OUT.value)
   config = load_config(args.config)
   model, step = report.load_model(config, args.workdir)
   ev = BookPasskey(config, config.data.passkey_filler_glob, args.split,
@@ -93,8 +100,13 @@ def main(argv=None):
   print("wrote", path)
 
 
-if __name__ == "__main__":
+def run(argv):
   try:
-    main()
+    main(argv)
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  app.run(run)

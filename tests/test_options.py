@@ -123,8 +123,8 @@ def test_memory_scale_starts_as_the_paper_and_is_learned(make_model):
   graphdef, params = nnx.split(scaled)
   loss = lambda p: nnx.merge(graphdef, p)(x)[0].std()  # noqa: E731
   grads = jax.grad(loss)(params)
-  assert per_layer(grads, "options", 0, "log_scale").min() > 0
-  assert label(params, "options", 0, "log_scale") == "gate"  # no decay, the gate's rate
+  assert per_layer(grads, "options", "memory_scale", "log_scale").min() > 0
+  assert label(params, "options", "memory_scale", "log_scale") == "gate"  # no decay, the gate's rate
 
 
 def test_memory_scale_reads_and_writes_with_scaled_features(make_model):
@@ -167,8 +167,8 @@ def test_write_gate_starts_as_the_paper_and_is_learned(make_model, rule):
   graphdef, params = nnx.split(gated)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
   for name in ("w", "b"):
-    assert per_layer(grads, "options", 0, name).min() > 0, name
-    assert label(params, "options", 0, name) == "gate"  # no decay, the gate's rate
+    assert per_layer(grads, "options", "write_gate", name).min() > 0, name
+    assert label(params, "options", "write_gate", name) == "gate"  # no decay, the gate's rate
 
 
 def test_write_gate_weighs_each_token_by_its_key(make_model):
@@ -222,8 +222,8 @@ def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_mo
   x = tokens(4, 3 * T + 2)
   graphdef, params = nnx.split(model)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
-  assert per_layer(grads, "options", 0, "logit").min() > 0
-  assert label(params, "options", 0, "logit") == "gate"  # no weight decay, the gate's rate
+  assert per_layer(grads, "options", "memory_decay", "logit").min() > 0
+  assert label(params, "options", "memory_decay", "logit") == "gate"  # no weight decay, the gate's rate
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
   logits, _ = decoder.feed(decoder.start(2), x)
