@@ -66,6 +66,8 @@ def get_config(arg=None):
     raise ValueError(f"segment={arg.segment}: use a segment that divides {TRAIN_LEN}")
   if arg.runlocal:
     arg.steps = 10
+    if arg.tokenizer == TOKENIZER:  # a smoke run needs no trained vocabulary
+      arg.tokenizer = "byte"
   c = configlib.defaults("tiny", memory=arg.memory, rule="linear", num_layers=2, d_model=128,
                          num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
                          segment_len=arg.segment, vocab_size=VOCAB,

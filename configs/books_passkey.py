@@ -36,6 +36,8 @@ def get_config(arg=None):
     raise ValueError(f"memory={arg.memory}: use one of {MEMORIES}")
   if arg.runlocal:
     arg.update(steps=10, train_len=256)
+    if arg.tokenizer == books_lm.TOKENIZER:  # a smoke run needs no trained vocabulary
+      arg.tokenizer = "byte"
   c = books_lm.get_config(f"memory={arg.memory},recipe=best,steps={arg.steps},"
                           f"text_glob={arg.text_glob},tokenizer={arg.tokenizer}")
   if arg.memory == "infini":
