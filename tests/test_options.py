@@ -124,7 +124,8 @@ def test_memory_scale_starts_as_the_paper_and_is_learned(make_model):
   loss = lambda p: nnx.merge(graphdef, p)(x)[0].std()  # noqa: E731
   grads = jax.grad(loss)(params)
   assert per_layer(grads, "options", "memory_scale", "log_scale").min() > 0
-  assert label(params, "options", "memory_scale", "log_scale") == "gate"  # no decay, the gate's rate
+  # no weight decay, the gate's rate
+  assert label(params, "options", "memory_scale", "log_scale") == "gate"
 
 
 def test_memory_scale_reads_and_writes_with_scaled_features(make_model):
@@ -223,7 +224,8 @@ def test_memory_decay_fades_the_memory_is_learned_and_decodes_as_scanned(make_mo
   graphdef, params = nnx.split(model)
   grads = jax.grad(lambda p: nnx.merge(graphdef, p)(x)[0].std())(params)
   assert per_layer(grads, "options", "memory_decay", "logit").min() > 0
-  assert label(params, "options", "memory_decay", "logit") == "gate"  # no weight decay, the gate's rate
+  # no weight decay, the gate's rate
+  assert label(params, "options", "memory_decay", "logit") == "gate"
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
   logits, _ = decoder.feed(decoder.start(2), x)
