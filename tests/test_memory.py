@@ -80,7 +80,7 @@ def random(shape, seed):
 def layer(N, K, H, rule="linear", parts=()):
   """The paper's memory (Infini) of N query and K key/value heads, with option parts."""
   return memories.Infini(N, K, H, rule=memories.RULES[rule](), context=memories.Local(K, H),
-                         gate=memories.Gate(N, 0.0), options=list(parts))
+                         gate=memories.Gate(N, 0.0), options={type(p).__name__: p for p in parts})
 
 
 def empty(B, K, H, V):
