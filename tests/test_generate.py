@@ -172,13 +172,10 @@ EVERY_MEMORY = {
 }
 
 
-@pytest.mark.parametrize("name", list(EVERY_MEMORY))
-def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
-  """A prompt across a segment boundary (fed through the segment scan, its chunk padded with a
-  masked segment), then token by token across the next boundary: in float32 every logit is the
-  forward pass's."""
-  model = randomise_memory_params(make_model(**EVERY_MEMORY[name]))
-  seg = model.cfg.segment_len
+def decode_past_a_boundary(model, seg):
+  """Feeds 2 * seg + 3 tokens' first seg + 3 (through the scan, a chunk padded with a masked
+  segment), then steps token by token across the next boundary -> (decoded logits, the
+  forward pass's for the same positions, the stream)."""
   x = tokens(11, 2 * seg + 3)
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
@@ -187,7 +184,18 @@ def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
   for t in range(seg + 3, x.shape[1]):
     logits, stream = decoder.step(stream, x[:, t])
     got.append(logits)
-  np.testing.assert_allclose(np.stack(got, 1), want[:, seg + 2:], rtol=1e-5, atol=1e-5)
+  return np.stack(got, 1), want[:, seg + 2:], stream
+
+
+@pytest.mark.parametrize("name", list(EVERY_MEMORY))
+def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
+  """A prompt across a segment boundary (fed through the segment scan, its chunk padded with a
+  masked segment), then token by token across the next boundary: in float32 every logit is the
+  forward pass's."""
+  model = randomise_memory_params(make_model(**EVERY_MEMORY[name]))
+  seg = model.cfg.segment_len
+  got, want, stream = decode_past_a_boundary(model, seg)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert stream.pos == 3
 
 
@@ -210,12 +218,5 @@ def test_bfloat16_decoding_matches_the_forward_pass(make_model):
   probabilities cast to bfloat16, as before, 0.031). The bound, 2^-8, is half a bfloat16 step
   at a logit of 1 to 2: one rounding apart anywhere would show."""
   model = randomise_memory_params(make_model(dtype="bfloat16"))
-  x = tokens(11, 2 * T + 3)
-  want, _ = forward(model, x)
-  decoder = gen.Decoder(model, chunk_segments=2)
-  logits, stream = decoder.feed(decoder.start(2), x[:, :T + 3])
-  got = [logits]
-  for t in range(T + 3, x.shape[1]):
-    logits, stream = decoder.step(stream, x[:, t])
-    got.append(logits)
-  np.testing.assert_allclose(np.stack(got, 1), want[:, T + 2:], rtol=0, atol=2 ** -8)
+  got, want, _ = decode_past_a_boundary(model, T)
+  np.testing.assert_allclose(got, want, rtol=0, atol=2 ** -8)
