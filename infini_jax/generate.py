@@ -5,6 +5,7 @@ Axis legend: B batch, L tokens fed, C tokens per call, T segment length, W vocab
 The decoding state (`Stream`) is what the segment scan carries, plus the current segment so far:
   memory  the model state (per layer M [B, K, H, V], z [B, K, H]): every completed segment
   cache   per layer the keys and values of the current segment's tokens, [B, T, K, H] each
+          (RMT's also of its read and write tokens, [B, p + T + p, K, H])
   pos     how many tokens of the current segment are in the cache, 0 <= pos < T
 Its size depends on the model and the batch only, so memory and time per token stay the same
 however long the context grows. Decoding computes exactly what one forward pass over the whole
@@ -48,7 +49,6 @@ class Decoder:
   def __init__(self, model: nnx.Module, chunk_segments: int = 16):
     if chunk_segments < 1:
       raise ValueError(f"chunk_segments must be >= 1; got {chunk_segments}")
-    model.init_cache(1)  # refuses a model that cannot decode this way, before any compiling
     self.model = model
     self.segment_len = model.cfg.segment_len
     self.chunk_len = chunk_segments * self.segment_len
@@ -68,11 +68,15 @@ class Decoder:
       h, cache = model.extend(tokens, memory, cache, pos)
       return model.logits(jax.lax.dynamic_slice_in_dim(h, last, 1, axis=1))[:, 0], cache
 
+    @functools.partial(jax.jit, donate_argnums=2)
+    def begin(params, memory, cache):
+      return nnx.merge(graphdef, params).begin(memory, cache)
+
     @functools.partial(jax.jit, donate_argnums=1)
     def flush(params, memory, cache):
       return nnx.merge(graphdef, params).flush(memory, cache)
 
-    self._consume, self._extend, self._flush = consume, extend, flush
+    self._consume, self._begin, self._extend, self._flush = consume, begin, extend, flush
 
   def start(self, batch: int) -> Stream:
     """An empty context for `batch` rows."""
@@ -117,16 +121,22 @@ class Decoder:
     """Appends one token per row, tokens [B] -> (logits [B, W], stream). Time per call and
     memory do not depend on how long the context already is."""
     tokens = jnp.asarray(tokens, jnp.int32)[:, None]
-    logits, cache = self._extend(self.params, stream.memory, stream.cache, tokens,
-                                 jnp.int32(stream.pos), jnp.int32(0))
-    return logits, self._advance(stream._replace(cache=cache), 1)
+    return self._run(stream, tokens, 1)
 
   def _feed_segment(self, stream: Stream, tokens: np.ndarray) -> tuple[jax.Array, Stream]:
     """1 <= n <= T - pos tokens [B, n] into the current segment, padded to one segment's width."""
     B, n = tokens.shape
     padded = np.zeros((B, self.segment_len), np.int32)
     padded[:, :n] = tokens
-    logits, cache = self._extend(self.params, stream.memory, stream.cache, padded,
+    return self._run(stream, padded, n)
+
+  def _run(self, stream: Stream, tokens, n: int) -> tuple[jax.Array, Stream]:
+    """tokens [B, C], their first n real (the rest padding), into the current segment ->
+    (logits after the last real one [B, W], stream)."""
+    cache = stream.cache
+    if stream.pos == 0:  # A new segment: what the model puts before it (RMT's read tokens).
+      cache = self._begin(self.params, stream.memory, cache)
+    logits, cache = self._extend(self.params, stream.memory, cache, tokens,
                                  jnp.int32(stream.pos), jnp.int32(n - 1))
     return logits, self._advance(stream._replace(cache=cache), n)
 

@@ -433,12 +433,25 @@ class InfiniTransformer(nnx.Module):
   # A segment's tokens read `state` (the memories of the completed segments) and the segment's
   # own earlier tokens through each memory's cache of the segment; once the segment is complete,
   # `flush` writes it into the memories. Positions restart at 0 in every segment, as in the scan.
+  # A part may put positions around the segment in the layers (RMT's read and write tokens,
+  # infini_jax/memories/rmt.py): `begin` runs those before it, `flush` those after it.
 
   def init_cache(self, batch: int) -> State:
-    """Empty caches of one segment: per stage its layers' (stacked), per part its own."""
+    """Empty caches of one segment: per stage its layers' (stacked), over the segment and the
+    positions the parts put around it; per part its own."""
     T = self.cfg.segment_len
-    return State(tuple(stage.init_cache(batch, T) for stage in self.stages),
+    width = T + sum(part.lead + part.trail for part in self.parts)
+    return State(tuple(stage.init_cache(batch, width) for stage in self.stages),
                  tuple(part.init_cache(batch, T) for part in self.parts))
+
+  def begin(self, state: State, cache: State) -> State:
+    """The cache at a segment's start: what the parts put before the segment (outermost first)
+    enters the layers' caches at positions 0.. (a no-op without such parts)."""
+    before = [part.before(s) for part, s in zip(self.parts, state.parts) if part.lead][::-1]
+    if not before:
+      return cache
+    _, layers = self._extend_layers(jnp.concatenate(before, axis=1), state, cache, 0)
+    return cache._replace(layers=layers)
 
   def extend(self, tokens: jax.Array, state: State, cache: State, pos: jax.Array):
     """tokens [B, C] at positions pos..pos+C-1 of the current segment -> (hidden [B, C, D], cache).
@@ -452,18 +465,36 @@ class InfiniTransformer(nnx.Module):
     for part, part_state, part_cache in zip(self.parts, state.parts, cache.parts):
       x, part_cache = part.extend(embed, x, tokens, part_state, part_cache, pos)
       parts.append(part_cache)
+    lead = sum(part.lead for part in self.parts)
+    x, layers = self._extend_layers(x, state, cache, lead + pos)
+    return x, State(layers, tuple(parts))
+
+  def flush(self, state: State, cache: State) -> State:
+    """The state after the complete segment held in `cache` (all segment_len slots written).
+    What the parts put after the segment runs first, over the cached positions, and each part
+    gets the outputs at its own positions (`written`)."""
+    written = [None] * len(self.parts)
+    after = [part.after(s) for part, s in zip(self.parts, state.parts) if part.trail]
+    if after:
+      lead = sum(part.lead for part in self.parts)
+      h, layers = self._extend_layers(jnp.concatenate(after, axis=1), state, cache,
+                                      lead + self.cfg.segment_len)
+      cache, start = cache._replace(layers=layers), 0
+      for i, part in enumerate(self.parts):
+        written[i] = h[:, start:start + part.trail] if part.trail else None
+        start += part.trail
+    return State(tuple(stage.flush(s, c) for stage, s, c in zip(self.stages, state.layers,
+                                                                cache.layers)),
+                 tuple(part.flush(s, c, w) for part, s, c, w in zip(self.parts, state.parts,
+                                                                   cache.parts, written)))
+
+  def _extend_layers(self, x: jax.Array, state: State, cache: State, pos):
+    """x [B, C, D] through every stage at layer positions pos..pos+C-1 -> (x, layers' caches)."""
     layers = []
     for stage, stage_state, stage_cache in zip(self.stages, state.layers, cache.layers):
       x, stage_cache = stage.extend(x, stage_state, stage_cache, pos)
       layers.append(stage_cache)
-    return x, State(tuple(layers), tuple(parts))
-
-  def flush(self, state: State, cache: State) -> State:
-    """The state after the complete segment held in `cache` (all segment_len slots written)."""
-    return State(tuple(stage.flush(s, c) for stage, s, c in zip(self.stages, state.layers,
-                                                                cache.layers)),
-                 tuple(part.flush(s, c) for part, s, c in zip(self.parts, state.parts,
-                                                              cache.parts)))
+    return x, tuple(layers)
 
 
 def _chunked_nll(model: InfiniTransformer, h: jax.Array, xs) -> jax.Array:

@@ -43,6 +43,12 @@ def decoder(delta_model):
   return gen.Decoder(delta_model, chunk_segments=2)
 
 
+@pytest.fixture(scope="module")
+def rmt_decoder():
+  return gen.Decoder(InfiniTransformer(dataclasses.replace(TINY, memory="rmt", memory_tokens=2),
+                                       rngs=nnx.Rngs(0)))
+
+
 @pytest.mark.parametrize("memory", ["infini", "local"])
 def test_token_by_token_equals_one_forward_pass(delta_model, decoder, make_model, memory):
   if memory == "local":
@@ -97,12 +103,6 @@ def test_decoding_with_the_options_equals_one_forward_pass(make_model, options):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_decoder_refuses_rmt_with_what_to_use_instead(make_model):
-  """RMT's memory tokens are written after the whole segment: no token-by-token decoding."""
-  with pytest.raises(ValueError, match="decoding does not support memory=rmt; score with"):
-    gen.Decoder(make_model(memory="rmt", memory_tokens=2))
-
-
 def test_decoding_state_does_not_grow_with_the_context(decoder):
   sizes = set()
   for length in (1, 7 * T + 3):
@@ -111,8 +111,10 @@ def test_decoding_state_does_not_grow_with_the_context(decoder):
   assert len(sizes) == 1
 
 
-def test_prompts_of_different_lengths_are_each_continued_greedily(delta_model, decoder):
+@pytest.mark.parametrize("memory", ["infini", "rmt"])
+def test_prompts_of_different_lengths_are_each_continued_greedily(decoder, rmt_decoder, memory):
   """Each row gets the argmax of one forward pass over its own prompt and continuation."""
+  decoder = rmt_decoder if memory == "rmt" else decoder
   lengths = (2 * T + 5, T - 2)
   new = L - max(lengths)
   prompts = [tokens(3 + i, n, batch=1)[0] for i, n in enumerate(lengths)]
@@ -121,9 +123,21 @@ def test_prompts_of_different_lengths_are_each_continued_greedily(delta_model, d
   rows = np.zeros((2, max(lengths) + new), np.int32)  # right-padded: causal, padding is harmless
   for r, (prompt, n) in enumerate(zip(prompts, lengths)):
     rows[r, :n + new] = np.concatenate([prompt, out[r]])
-  logits, _ = forward(delta_model, rows)
+  logits, _ = forward(decoder.model, rows)
   for r, n in enumerate(lengths):
     np.testing.assert_array_equal(np.argmax(logits[r, n - 1:n + new - 1], -1), out[r])
+
+
+def test_sampling_from_rmt_draws_tokens_by_seed(rmt_decoder):
+  """Sampled continuations across segment boundaries: in the vocabulary, the same for the same
+  seed, different for another seed and from the greedy ones."""
+  prompts = [tokens(5, T + 3, batch=1)[0], tokens(6, 2, batch=1)[0]]
+  draw = lambda **kw: gen.generate(rmt_decoder, prompts, 2 * T, **kw)  # noqa: E731
+  sampled = draw(temperature=1.0, top_p=0.9, seed=1)
+  assert sampled.shape == (2, 2 * T) and ((sampled >= 0) & (sampled < TINY.vocab_size)).all()
+  np.testing.assert_array_equal(sampled, draw(temperature=1.0, top_p=0.9, seed=1))
+  assert not np.array_equal(sampled, draw(temperature=1.0, top_p=0.9, seed=2))
+  assert not np.array_equal(sampled, draw())
 
 
 def test_sampling_temperature_and_top_p():
@@ -169,14 +183,17 @@ EVERY_MEMORY = {
     "write_gate": dict(write_gate=True), "memory_decay": dict(memory_decay=True),
     "xl_cache": dict(xl_cache=True), "query_gate": dict(query_gate=True),
     "memory_add": dict(memory_add=True),
+    "rmt": dict(memory="rmt", memory_tokens=2),
+    "rmt_token_shift": dict(memory="rmt", memory_tokens=3, token_shift=3),
 }
 
 
-def decode_past_a_boundary(model, seg):
-  """Feeds 2 * seg + 3 tokens' first seg + 3 (through the scan, a chunk padded with a masked
-  segment), then steps token by token across the next boundary -> (decoded logits, the
-  forward pass's for the same positions, the stream)."""
-  x = tokens(11, 2 * seg + 3)
+def decode_past_boundaries(model, seg):
+  """Feeds 3 * seg + 3 tokens' first seg + 3 (through the scan, a chunk padded with a masked
+  segment), then steps token by token across the next two boundaries, so that a segment flushed
+  by the decoder is read by the next -> (decoded logits, the forward pass's for the same
+  positions, the stream)."""
+  x = tokens(11, 3 * seg + 3)
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=2)
   logits, stream = decoder.feed(decoder.start(2), x[:, :seg + 3])
@@ -190,11 +207,11 @@ def decode_past_a_boundary(model, seg):
 @pytest.mark.parametrize("name", list(EVERY_MEMORY))
 def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
   """A prompt across a segment boundary (fed through the segment scan, its chunk padded with a
-  masked segment), then token by token across the next boundary: in float32 every logit is the
-  forward pass's."""
+  masked segment), then token by token across the next two: in float32 every logit is the
+  forward pass's. RMT's read tokens enter each segment first, its write tokens at the flush."""
   model = randomise_memory_params(make_model(**EVERY_MEMORY[name]))
   seg = model.cfg.segment_len
-  got, want, stream = decode_past_a_boundary(model, seg)
+  got, want, stream = decode_past_boundaries(model, seg)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert stream.pos == 3
 
@@ -218,5 +235,5 @@ def test_bfloat16_decoding_matches_the_forward_pass(make_model):
   probabilities cast to bfloat16, as before, 0.031). The bound, 2^-8, is half a bfloat16 step
   at a logit of 1 to 2: one rounding apart anywhere would show."""
   model = randomise_memory_params(make_model(dtype="bfloat16"))
-  got, want, _ = decode_past_a_boundary(model, T)
+  got, want, _ = decode_past_boundaries(model, T)
   np.testing.assert_allclose(got, want, rtol=0, atol=2 ** -8)

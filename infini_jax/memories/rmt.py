@@ -2,6 +2,14 @@
 beyond the paper). Each wraps the whole stack for one segment, `enter` before it and `leave`
 after it, and carries its own state between segments (infini_jax/model.py).
 
+Decoding (infini_jax/generate.py) runs a segment a few tokens at a time. A part may put `lead`
+positions before the segment's tokens in the layers and `trail` after them (RMT: p each, the
+read and write tokens). The model runs `before(state)` [B, lead, D] through the layers at a
+segment's start, so that they enter the layers' caches at positions 0..lead-1; the segment's
+token at position t then sits at lead + t; once the segment is complete it runs `after(state)`
+[B, trail, D] over the cached keys and hands their outputs to `flush(state, cache, written)`.
+Each part's own `extend` changes the segment's inputs (the token shift) and keeps its cache.
+
 Axis legend: B batch, T segment tokens, C tokens per decoding call, p memory tokens, S shifted
 tokens, D model dim.
 """
@@ -23,6 +31,7 @@ class RMT(nnx.Module):
 
   def __init__(self, tokens: int, d_model: int, dtype, param_dtype, rngs: nnx.Rngs):
     self.p, self.dtype = tokens, dtype
+    self.lead = self.trail = tokens  # decoding: the read and write tokens around the segment
     self.init = MemoryParam(jax.random.normal(rngs.params(), (tokens, d_model), param_dtype),
                             sharding=(None, sh.EMBED), eager_sharding=False)
 
@@ -40,9 +49,28 @@ class RMT(nnx.Module):
     del read
     return x[:, self.p:-self.p], x[:, -self.p:]
 
-  def init_cache(self, batch: int, T: int):
-    raise ValueError("token-by-token decoding does not support memory=rmt; score with "
-                     "evaluate.TeacherForced or evaluate perplexity instead")
+  # Decoding: the layers' caches hold [read, segment, write]; RMT itself keeps nothing more.
+
+  def init_cache(self, batch: int, T: int) -> tuple:
+    del batch, T
+    return ()
+
+  def before(self, read: jax.Array) -> jax.Array:
+    """The read tokens [B, p, D], at positions 0..p-1 of every segment."""
+    return read
+
+  def after(self, read: jax.Array) -> jax.Array:
+    """The write tokens [B, p, D], at positions p + T..2p + T - 1: they start as the read ones."""
+    return read
+
+  def extend(self, embed, x, tokens, read, cache, pos):
+    del embed, tokens, read, pos
+    return x, cache
+
+  def flush(self, read, cache, written):
+    """The next segment's read tokens: the write tokens' outputs [B, p, D]."""
+    del read, cache
+    return written
 
 
 class TokenShift(nnx.Module):
@@ -78,7 +106,9 @@ class TokenShift(nnx.Module):
   def leave(self, x, last):
     return x, last
 
-  # Decoding: the cache holds the current segment's ids [B, T].
+  # Decoding: the cache holds the current segment's ids [B, T]; no positions around them.
+
+  lead = trail = 0
 
   def init_cache(self, batch: int, T: int) -> jax.Array:
     return jnp.zeros((batch, T), jnp.int32)
@@ -90,5 +120,6 @@ class TokenShift(nnx.Module):
     ids = jnp.concatenate([prev, cache, jnp.zeros_like(tokens)], axis=1)  # [B, S + T + C]
     return self.shift(embed, x, jax.lax.dynamic_slice_in_dim(ids, pos, S + C, axis=1)), cache
 
-  def flush(self, prev, cache):
+  def flush(self, prev, cache, written):
+    del written
     return jnp.concatenate([prev, cache], axis=1)[:, -self.S:]
