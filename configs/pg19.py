@@ -55,9 +55,13 @@ def get_config(arg=None):
   if arg.memory == "full":
     c.model.segment_len = c.seq_len  # one segment of 32K: the quadratic upper bound
   c.batch_size = 64
-  # The paper's slice, v5e-64 (v5e:8x8): parameters and optimizer state split over all 64 chips,
-  # one 32K sequence each (make aot: the compiled step's per-chip need, in README.md).
-  c.mesh.update(data=1, fsdp=-1, tensor=1)
+  # The paper's slice, v5e-64 (v5e:8x8), one 32K sequence per chip (make aot: the compiled step's
+  # per-chip need, in README.md). Parameters and optimizer state split over half the slice (fsdp
+  # 32), the two halves data parallel. Why not fsdp over all 64: libtpu lowers a reduce-scatter
+  # over every chip of a slice of 16 chips or more as an all-reduce of the whole array and a
+  # slice, so each layer's gradient was all-reduced at full size (tests/test_aot.py); over a part
+  # of the slice it stays a reduce-scatter, and the data axis then all-reduces 1/32 shards.
+  c.mesh.update(data=2, fsdp=-1, tensor=1)
   c.data.update(name="pg19", tokenizer="data/pg19_32k.model")
   c.optimizer.update(name="adafactor", lr=1e-2, warmup_steps=1000, weight_decay=0.0)
   c.train.update(steps=100_000, log_every=100, eval_every=5000, checkpoint_every=1000,

@@ -358,7 +358,7 @@ class InfiniTransformer(nnx.Module):
   def segment(self, tokens: jax.Array, state: State, mask: jax.Array):
     """The whole stack on one segment: tokens [B, T], mask [B, T] -> (hidden [B, T, D], state)."""
     embed = self.embed[...]
-    x = jnp.take(embed, tokens, axis=0).astype(self.dtype)  # [B, T, D]
+    x = sh.lookup(embed, tokens).astype(self.dtype)  # [B, T, D]
     inner, carried = mask, []
     for part, part_state in zip(self.parts, state.parts):
       x, inner, part_state = part.enter(embed, x, tokens, part_state, inner)

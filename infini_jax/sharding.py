@@ -16,6 +16,7 @@ import math
 from typing import Any, Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 BATCH = "batch"
@@ -149,3 +150,28 @@ def batch_sharding(mesh: Mesh, rules: dict[str, Any], global_batch: int) -> Name
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
+
+def _axes(entry) -> tuple:
+  return tuple(a for a in (entry if isinstance(entry, tuple) else (entry,)) if a is not None)
+
+
+def lookup(table: jax.Array, tokens: jax.Array) -> jax.Array:
+  """table[tokens]: an embedding lookup [V, D], [B, T] -> [B, T, D] whose gradient reaches the
+  table's shards without an all-reduce of the whole table.
+
+  Why: with the batch split over (data, fsdp) and the table's D over fsdp alone, XLA gathered the
+  table's gradient whole on every chip and all-reduced it, in every segment (tests/test_aot.py).
+  Pinned here, each chip looks up its slice of D for the tokens of its data group (the ids
+  gathered over fsdp), and one all-to-all over fsdp gives back the batch split; the gradient
+  retraces those steps, and the data axis all-reduces only each chip's [V, D / fsdp] shard.
+  A plain take outside `use_rules`.
+  """
+  if _active_rules is None or jax.sharding.get_abstract_mesh().empty:
+    return jnp.take(table, tokens, axis=0)
+  table_spec = spec((VOCAB, EMBED), _active_rules)
+  embed_axes = _axes(table_spec[1])
+  group = tuple(a for a in _axes(_active_rules.get(BATCH)) if a not in embed_axes) or None
+  tokens = jax.lax.with_sharding_constraint(tokens, P(group, None))
+  x = jnp.take(jax.lax.with_sharding_constraint(table, table_spec), tokens, axis=0)
+  x = jax.lax.with_sharding_constraint(x, P(group, None, table_spec[1]))
+  return jax.lax.with_sharding_constraint(x, spec((BATCH, LENGTH, None), _active_rules))

@@ -2,6 +2,7 @@
 compiled for a v5e:2x2 slice fits a bound from its shapes, the dry run's bytes are the compiled
 program's, the collectives say how gradients are reduced, and bad input is refused in one line."""
 
+import importlib
 import json
 import math
 import os
@@ -182,6 +183,51 @@ def test_the_gradient_check_catches_pure_data_parallelism(compiled):
 def test_fsdp_gradients_are_not_all_reduced_at_full_size(compiled):
   config, report, hlo = compiled[(1, 2, 2)]
   assert not full_size_all_reduces(config, hlo)
+
+
+def pg19_like(data):
+  """The tiny model shaped like configs/pg19.py where it matters to the collectives: bfloat16
+  compute, Adafactor, heads of 128 (with tiny's heads of 16, XLA lays the attention gradients out
+  with the split embed axis minor, and libtpu all-reduces them whole even on v5e:2x2), on 16
+  chips with `data` data-parallel groups and the rest fsdp."""
+  c = tiny_config(data, 16 // data, 1)
+  c.model.update(num_heads=2, num_kv_heads=2, head_dim=128, dtype="bfloat16")
+  c.optimizer.name = "adafactor"
+  c.batch_size = 16  # one sequence per chip
+  return c
+
+
+@pytest.fixture(scope="module")
+def compiled_16():
+  """{data: (config, report, optimized HLO)} for the tiny pg19 on v5e:4x4: fsdp over all 16 chips,
+  and the data share that configs/pg19.py ships."""
+  shipped = importlib.import_module("configs.pg19").get_config(None).mesh.data
+  out = {}
+  for data in sorted({1, shipped}):
+    config = pg19_like(data)
+    report, exe = aot.compile_step(config, "v5e:4x4")
+    out[data] = config, report, exe.as_text()
+  return out
+
+
+def test_fsdp_over_a_whole_slice_all_reduces_gradients(compiled_16):
+  # libtpu lowers a reduce-scatter over every chip of a 16-chip slice as an all-reduce of the whole
+  # array and a slice: every weight's gradient, attention and MLP, at full size.
+  config, report, hlo = compiled_16[1]
+  whole = {a[1] for a in full_size_all_reduces(config, hlo)}
+  assert {(256, 2, 128), (2, 128, 256), (256, 768), (768, 256)} <= whole
+  assert sum(report["collectives"]["reduce-scatter"].values()) == 0
+
+
+def test_pg19_mesh_reduce_scatters_its_gradients(compiled_16):
+  # With a data axis of 2 the fsdp groups are half the slice: the layers' gradients are
+  # reduce-scattered over fsdp and only their shards all-reduced over data; so is the embedding
+  # table's (sharding.lookup).
+  data = importlib.import_module("configs.pg19").get_config(None).mesh.data
+  config, report, hlo = compiled_16[data]
+  assert not full_size_all_reduces(config, hlo)
+  assert data > 1
+  assert sum(report["collectives"]["reduce-scatter"].values()) > 0
 
 
 def test_refuses_a_mesh_that_does_not_match_the_slice():
