@@ -1,6 +1,5 @@
 """Streaming generation: token by token equals one forward pass; batches; sampling."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +12,13 @@ from infini_jax.memories import Gate, GateParam
 from infini_jax.model import InfiniTransformer
 from tests.conftest import TINY
 
-T = TINY.segment_len
+T = TINY.shape.segment_len
 L = 5 * T + 6  # one sequence length for every reference pass: fewer compilations
 
 
 def tokens(seed, length, batch=2):
-  return np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size))
+  return np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 0,
+                                       TINY.shape.vocab_size))
 
 
 def mixed_gates(model):
@@ -35,7 +35,7 @@ forward = nnx.jit(lambda model, x: model(x))  # the reference: one pass over the
 
 @pytest.fixture(scope="module")
 def delta_model():
-  return mixed_gates(InfiniTransformer(dataclasses.replace(TINY, rule="delta"), rngs=nnx.Rngs(0)))
+  return mixed_gates(InfiniTransformer(TINY.replace(infini=dict(rule="delta")), rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,9 @@ def test_feeding_in_any_pieces_equals_one_forward_pass(delta_model, decoder):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(token_shift=3),  # fewer than a segment's tokens
-                                     dict(token_shift=11, memory_scale=True, write_gate=True)])
+@pytest.mark.parametrize("options", [
+    dict(token_shift=dict(size=3)),  # fewer than a segment's tokens
+    dict(infini=dict(memory_scale=True, write_gate=True), token_shift=dict(size=11))])
 def test_decoding_with_the_options_equals_one_forward_pass(make_model, options):
   """token_shift's ids before each token come from the cache inside a segment and from the state
   across boundaries (11 > T reaches two segments back); memory_scale and write_gate as scanned."""
@@ -100,7 +101,7 @@ def test_decoding_with_the_options_equals_one_forward_pass(make_model, options):
 def test_decoder_refuses_rmt_with_what_to_use_instead(make_model):
   """RMT's memory tokens are written after the whole segment: no token-by-token decoding."""
   with pytest.raises(ValueError, match="decoding does not support memory=rmt; score with"):
-    gen.Decoder(make_model(memory="rmt", memory_tokens=2))
+    gen.Decoder(make_model(memory="rmt", rmt=dict(memory_tokens=2)))
 
 
 def test_decoding_state_does_not_grow_with_the_context(decoder):
@@ -160,15 +161,17 @@ def randomise_memory_params(model, seed=0):
 
 
 EVERY_MEMORY = {
-    "infini_linear": {}, "infini_delta": dict(rule="delta"),
-    "infini_deltanet": dict(rule="deltanet"), "local": dict(memory="local"),
-    "full": dict(memory="full", segment_len=2 * T),  # one long segment, as full is trained
-    "xl": dict(memory="xl"), "memorizing": dict(memory="memorizing", memory_size=16, topk=4),
-    "compressive": dict(memory="compressive", memory_size=4, compress_rate=2),
-    "token_shift": dict(token_shift=3), "memory_scale": dict(memory_scale=True, rule="delta"),
-    "write_gate": dict(write_gate=True), "memory_decay": dict(memory_decay=True),
-    "xl_cache": dict(xl_cache=True), "query_gate": dict(query_gate=True),
-    "memory_add": dict(memory_add=True),
+    "infini_linear": {}, "infini_delta": dict(infini=dict(rule="delta")),
+    "infini_deltanet": dict(infini=dict(rule="deltanet")), "local": dict(memory="local"),
+    "full": dict(memory="full", shape=dict(segment_len=2 * T)),  # one segment, as full trains
+    "xl": dict(memory="xl"),
+    "memorizing": dict(memory="memorizing", memorizing=dict(memory_size=16, topk=4)),
+    "compressive": dict(memory="compressive", compressive=dict(memory_size=4, compress_rate=2)),
+    "token_shift": dict(token_shift=dict(size=3)),
+    "memory_scale": dict(infini=dict(memory_scale=True, rule="delta")),
+    "write_gate": dict(infini=dict(write_gate=True)), "memory_decay": dict(infini=dict(decay=True)),
+    "xl_cache": dict(infini=dict(xl_cache=True)), "query_gate": dict(infini=dict(query_gate=True)),
+    "memory_add": dict(infini=dict(memory_add=True)),
 }
 
 
@@ -193,7 +196,7 @@ def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
   masked segment), then token by token across the next boundary: in float32 every logit is the
   forward pass's."""
   model = randomise_memory_params(make_model(**EVERY_MEMORY[name]))
-  seg = model.cfg.segment_len
+  seg = model.cfg.shape.segment_len
   got, want, stream = decode_past_a_boundary(model, seg)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert stream.pos == 3
@@ -202,7 +205,7 @@ def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
 def test_token_shift_state_ignores_the_padding_of_a_fed_chunk(make_model):
   """Issue 29, defect 5a: feed pads its last chunk with masked segments; the shift state must
   keep the last real ids, not the padding's (the logits were 0.73 off)."""
-  model = randomise_memory_params(make_model(segment_len=4, token_shift=1))
+  model = randomise_memory_params(make_model(shape=dict(segment_len=4), token_shift=dict(size=1)))
   x = tokens(12, 11)
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=4)
