@@ -122,7 +122,7 @@ def select(names: list[str], extra: list[str]) -> list[tuple[str, dict]]:
   known = dict(RUNS)
   unknown = [n for n in names if n not in known]
   if unknown:
-    raise ValueError(f"unknown run {unknown[0]!r}; the runs are {list(known)} (or give its "
+    raise ValueError(f"unknown run {unknown[0]!r}: --list names the runs (or give a run's "
                      "arguments with --extra=memory=...,...)")
   runs = [(n, known[n]) for n in names] if names or extra else list(RUNS)
   return runs + [(name_of(args), args) for args in map(parse_extra, extra)]
