@@ -9,6 +9,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 WORKDIR ?= runs/demo
 AOT_DIR ?= runs/aot
+SEEDS ?= 0 1 2
 
 .PHONY: help train test bench devices aot results-passkey results-lm results-books clean
 
@@ -62,8 +63,8 @@ bench: $(VENV)/.installed  ## the benchmarks in bench/ (JSON and plots in bench/
 # skipped. RUNS="a b" restricts a target to those runs:
 #   results-passkey: run names of experiments/passkey.sh (gated_512, jit127_gatelr1_seed2_4k, xl,
 #     ...; a 4K stage starts from its 512-token stage's checkpoint: name both);
-#   results-lm: memory specs of experiments/python_lm.sh ("xl infini:linear:decay+xl_cache"),
-#     for SEEDS (default "0 1 2").
+#   results-lm: run names of experiments/python_lm.py ("xl infini_linear_decay_xl_cache"; its
+#     --list prints them), for SEEDS (default "0 1 2").
 # results-passkey trains 34 runs, 750M tokens: 28 are stages of 23-25M tokens (1,500 steps at
 # 512 tokens or 700 at 4K; a 512 stage and a 4K stage take 53 CPU-minutes together), the other
 # six 8-25M tokens: about 14 CPU-hours. Then 19 sweeps and 5 mid-segment sweeps; a sweep to 1M
@@ -74,7 +75,8 @@ results-passkey: $(VENV)/.installed  ## passkey retrieval, every run of RESULTS 
 	PYTHON=$(PY) ONLY="$(RUNS)" bash experiments/passkey.sh
 
 results-lm: $(VENV)/.installed  ## Python LM, every run of RESULTS section 2 (about 20 CPU-hours; RUNS=..., SEEDS=...)
-	PYTHON=$(PY) SEEDS="$(SEEDS)" bash experiments/python_lm.sh runs/python_lm 1500 "$(RUNS)"
+	$(PY) -m experiments.python_lm --runs_dir=runs/python_lm --steps=1500 --seeds="$(SEEDS)" \
+	    --runs="$(RUNS)"
 
 # 7 models x 3 seeds of the book LM (150 steps each, 4-20 CPU-minutes a run) and the book-text
 # passkey for Infini, XL and local: about 4 CPU-hours.

@@ -36,9 +36,10 @@ from infini_jax.checkpoint import Checkpointer
 
 
 def build(d_model: int, layers: int):
-  c = configlib.defaults("tiny", d_model=d_model, num_layers=layers, num_heads=d_model // 128 or 1,
-                         num_kv_heads=d_model // 128 or 1, head_dim=min(d_model, 128),
-                         mlp_dim=4 * d_model, segment_len=128)
+  heads = d_model // 128 or 1
+  c = configlib.defaults("tiny", shape=dict(d_model=d_model, num_layers=layers, num_heads=heads,
+                                            num_kv_heads=heads, head_dim=min(d_model, 128),
+                                            mlp_dim=4 * d_model, segment_len=128))
   c.seq_len, c.batch_size = 128, 1
   model_cfg = configlib.validate(c, 1)
   mesh = sh.make_mesh(c.mesh, jax.devices()[:1])

@@ -154,7 +154,7 @@ class TrainStep:
 
     c = configlib.defaults(preset, memory=memory, **model_overrides)
     if memory == "full":
-      c.model.segment_len = seq_len  # one segment: ordinary causal attention
+      c.model.shape.segment_len = seq_len  # one segment: ordinary causal attention
     c.seq_len, c.batch_size = seq_len, batch
     c.train.steps = 10**6  # the schedule's length; no warm-up effects on the timing
     self.model_cfg = configlib.validate(c, device_count=1)

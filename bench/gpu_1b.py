@@ -28,8 +28,8 @@ from infini_jax import peak as peaklib
 
 TARGET = 0.4
 # The 1b preset shrunk to compile and run in seconds on a CPU: same code path, same dtypes.
-SMOKE = dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
-             mlp_dim=128, segment_len=64)
+SMOKE = dict(shape=dict(vocab_size=512, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=16, mlp_dim=128, segment_len=64))
 
 
 def chip_peak(kind: str) -> float | None:
@@ -95,7 +95,7 @@ def main(argv):
   compile_s = time.perf_counter() - start
   cfg = step.model_cfg
   print(f"1b preset{' (smoke: shrunk)' if args.smoke else ''}: {step.setup.num_params / 1e6:,.1f}M "
-        f"parameters, {args.batch} x {args.seq_len} tokens, segment {cfg.segment_len}, "
+        f"parameters, {args.batch} x {args.seq_len} tokens, segment {cfg.shape.segment_len}, "
         f"dtype {cfg.dtype}, attention {cfg.attention_impl}, remat {cfg.remat}; compiled in "
         f"{compile_s:.0f} s, XLA plans {step.planned_bytes / 2**30:.1f} GiB", flush=True)
   step.allocate()
@@ -113,7 +113,7 @@ def main(argv):
   measured = peaklib.PeakProbe(n=512 if args.smoke else 8192, dtype=jnp.bfloat16)()
   result = dict(
       preset="1b", smoke=args.smoke, device_kind=device.device_kind, seq_len=args.seq_len,
-      batch=args.batch, segment_len=cfg.segment_len, dtype=cfg.dtype,
+      batch=args.batch, segment_len=cfg.shape.segment_len, dtype=cfg.dtype,
       attention_impl=cfg.attention_impl, remat=cfg.remat, num_params=step.setup.num_params,
       compile_s=compile_s, step_s=seconds, tokens_per_s=step.tokens / seconds,
       train_flops_per_token=3 * cfg.flops_per_token(), achieved_flops=flops / seconds,

@@ -79,7 +79,7 @@ def skeleton_step(remat: str):
   cfg = dataclasses.replace(models.PRESETS["demo"], remat=remat)
   step = skeleton.train_step(cfg)
   state = {"params": skeleton.init(cfg, jax.random.key(0))}
-  tokens = jax.random.randint(jax.random.key(1), (DEMO_BATCH, DEMO_LEN), 0, cfg.vocab_size)
+  tokens = jax.random.randint(jax.random.key(1), (DEMO_BATCH, DEMO_LEN), 0, cfg.shape.vocab_size)
 
   def run():
     state["params"], loss = step(state["params"], tokens)
@@ -89,7 +89,7 @@ def skeleton_step(remat: str):
 
 def swiglu_step():
   cfg = models.PRESETS["demo"]
-  D, F, T = cfg.d_model, cfg.mlp_dim, cfg.segment_len
+  D, F, T = cfg.shape.d_model, cfg.shape.mlp_dim, cfg.shape.segment_len
   m = MLP(D, F, jnp.float32, jnp.float32, nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (DEMO_BATCH, T, D))
   graphdef, params = nnx.split(m)

@@ -63,7 +63,7 @@ def sweep(preset: str, lengths, memories, budget: float, rounds: int, full_max: 
       start = time.perf_counter()
       step = common.TrainStep(preset, length, memory=memory)
       row.update(compile_s=round(time.perf_counter() - start, 1), planned_bytes=step.planned_bytes,
-                 segment=step.model_cfg.segment_len)
+                 segment=step.model_cfg.shape.segment_len)
       if step.planned_bytes > budget:
         row.update(skipped=f"planned {step.planned_bytes / 2**30:.1f} GiB > budget "
                            f"{budget / 2**30:.1f} GiB")

@@ -44,7 +44,7 @@ def state_of(cfg: ModelConfig) -> dict:
 
 def kv_cache_bytes(cfg: ModelConfig, context: int) -> int:
   itemsize = np.dtype(DTYPES[cfg.dtype]).itemsize
-  return 2 * cfg.num_layers * context * cfg.num_kv_heads * cfg.head_dim * itemsize
+  return 2 * cfg.shape.num_layers * context * cfg.shape.num_kv_heads * cfg.shape.head_dim * itemsize
 
 
 def plot(curves: dict, path: str) -> None:
@@ -74,7 +74,7 @@ def main(argv):
   args = flags.FLAGS
   curves = {}
   for preset in PRESETS:
-    cfg = ModelConfig(**models.get(preset).to_dict())
+    cfg = models.PRESETS[preset]
     s = state_of(cfg)
     assert s["numbers"] == s["footprint"], (preset, s)
     rows = [dict(context=n, kv_cache_bytes=kv_cache_bytes(cfg, n),
@@ -86,8 +86,8 @@ def main(argv):
                                 f"({r['ratio']:,.0f}x)" for r in rows))
   table = {}
   for memory in ("infini", "xl", "memorizing", "compressive", "rmt"):
-    preset = models.get("paper_lm", memory=memory, **BASELINES.get(memory, {}))
-    cfg = ModelConfig(**preset.to_dict())
+    cfg = models.PRESETS["paper_lm"].replace(
+        memory=memory, **{k: v for k, v in BASELINES.items() if k == memory})
     s = state_of(cfg)
     table[memory] = dict(numbers=s["numbers"], footprint_formula=s["footprint"],
                          bytes=s["bytes"], paper_numbers=PAPER_TABLE2.get(memory))

@@ -69,12 +69,12 @@ def child_eval(length: int) -> dict:
 def child_generate(context: int) -> dict:
   """Seconds per greedy token at context position `context`, batch 1."""
   model, _ = tiny_model()
-  decoder = generate.Decoder(model, chunk_segments=CHUNK // model.cfg.segment_len)
+  decoder = generate.Decoder(model, chunk_segments=CHUNK // model.cfg.shape.segment_len)
   rng = np.random.default_rng(0)
   start = time.perf_counter()
   logits, stream = decoder.feed(decoder.start(1), rng.integers(0, 256, (1, context)))
   feed_seconds = time.perf_counter() - start
-  key, n = jax.random.key(0), 4 * model.cfg.segment_len
+  key, n = jax.random.key(0), 4 * model.cfg.shape.segment_len
 
   def decode(logits, stream, steps):
     for _ in range(steps):

@@ -42,17 +42,19 @@ VOCAB = 1024
 MEMORIES = ("infini", "xl", "local", "memorizing")
 RECIPES = ("paper", "best")
 # The project's best Infini LM recipe (docs/RESULTS.md section 2) and the input it shares.
-SHIFT = dict(token_shift=8, token_shift_init=0.0)
-BEST_INFINI = dict(memory_decay=True, xl_cache=True, gate_init=-3.0, memory_add=True,
-                   memory_scale=True, **SHIFT)
+SHIFT = dict(token_shift=dict(size=8, init=0.0))
+BEST_INFINI = dict(infini=dict(decay=True, xl_cache=True, gate_init=-3.0, memory_add=True,
+                               memory_scale=True), **SHIFT)
 
 
 def recipe_options(memory: str, recipe: str, segment: int = SEGMENT) -> dict:
-  """The model options of a memory under a recipe (see the module docstring)."""
+  """The model config's sections of a memory under a recipe (see the module docstring)."""
   if memory not in MEMORIES or recipe not in RECIPES:
     raise ValueError(f"memory={memory}, recipe={recipe}: use memory one of {MEMORIES} and recipe "
                      f"one of {RECIPES}")
-  options = dict(memorizing=dict(memory_size=16 * segment, topk=32)).get(memory, {})
+  options = {}
+  if memory == "memorizing":
+    options["memorizing"] = dict(memory_size=16 * segment, topk=32)
   if recipe == "best":
     options.update(BEST_INFINI if memory == "infini" else SHIFT)
   return options
@@ -68,10 +70,11 @@ def get_config(arg=None):
     arg.steps = 10
     if arg.tokenizer == TOKENIZER:  # a smoke run needs no trained vocabulary
       arg.tokenizer = "byte"
-  c = configlib.defaults("tiny", memory=arg.memory, rule="linear", num_layers=2, d_model=128,
-                         num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
-                         segment_len=arg.segment, vocab_size=VOCAB,
-                         **recipe_options(arg.memory, arg.recipe, arg.segment))
+  c = configlib.defaults(
+      "tiny", memory=arg.memory,
+      shape=dict(num_layers=2, d_model=128, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
+                 segment_len=arg.segment, vocab_size=VOCAB),
+      **recipe_options(arg.memory, arg.recipe, arg.segment))
   c.data.update(name="text_files", text_glob=arg.text_glob, tokenizer=arg.tokenizer,
                 shuffle_seed=arg.shuffle_seed)
   c.seq_len = TRAIN_LEN

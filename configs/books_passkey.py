@@ -41,7 +41,7 @@ def get_config(arg=None):
   c = books_lm.get_config(f"memory={arg.memory},recipe=best,steps={arg.steps},"
                           f"text_glob={arg.text_glob},tokenizer={arg.tokenizer}")
   if arg.memory == "infini":
-    c.model.write_gate = arg.write_gate
+    c.model.infini.write_gate = arg.write_gate
   c.seq_len = arg.train_len  # the prompt fills the window (passkey_length 0)
   c.batch_size = max(4, books_lm.TOKENS_PER_STEP // arg.train_len)
   c.data.update(name="passkey", passkey_length=0, passkey_position="random",

@@ -43,8 +43,8 @@ def get_config(arg=None):
   if arg.stage not in ("pretrain", "finetune"):
     raise ValueError(f"booksum_8b stage must be 'pretrain' or 'finetune'; got {arg.stage!r}")
   finetune = arg.stage == "finetune"
-  c = configlib.defaults("tiny" if arg.runlocal else "8b", rule=arg.rule)
-  T = c.model.segment_len
+  c = configlib.defaults("tiny" if arg.runlocal else "8b", infini=dict(rule=arg.rule))
+  T = c.model.shape.segment_len
   c.seq_len = (16 if finetune else 4) * T  # 8K, then 32K tokens
   c.batch_size = 32 if finetune else 64
   # Pre-training on v5e-256 (v5e:16x16: fsdp 64 x tensor 4) or 64 v5p chips (v5p:4x4x4: fsdp 16

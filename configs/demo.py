@@ -15,8 +15,8 @@ from infini_jax import evaluate
 
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear")
-  c = configlib.defaults("demo", memory=arg.memory, rule=arg.rule)
-  c.seq_len = 4 * c.model.segment_len  # 512 tokens: 4 segments of 128
+  c = configlib.defaults("demo", memory=arg.memory, infini=dict(rule=arg.rule))
+  c.seq_len = 4 * c.model.shape.segment_len  # 512 tokens: 4 segments of 128
   c.batch_size = 8
   c.optimizer.lr = 3e-3
   c.optimizer.warmup_steps = 50

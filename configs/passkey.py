@@ -19,16 +19,17 @@ with jitter=127, see `jitter` below, and the gates at the base learning rate):
   python train.py --config=configs/passkey.py:memory=xl --workdir=runs/pk/xl    # local, xl
 
 `recipe`: "paper" is Infini-attention as published. "tuned" (the default here) adds two options
-beyond the paper, each a model setting whose default stays the paper's: token_shift=8 (a key
-written to memory carries the 8 tokens before it: the context "pass key is" that the question
-repeats) and memory_scale (a learned scale on q and k before σ, so that filler piling up in the
-memory does not wash the key out as the stream grows). `write_gate=true` adds model.write_gate
-(a learned strength of each token's memory write, so filler need not be written) to either
-recipe. `answer_weight` (default 1) is the training loss's weight on the answer's digits, 5 of
-the 512-4K tokens of a prompt. `jitter=127` makes each training prompt up to 127 tokens shorter
-than the window, so that the answer lands at any offset of its segment: without it the answer
-always ends the window's last segment, and a prompt whose question ends a segment (the sweep's
-2^k-token prompts) puts the answer where training never did. `memory` is infini, local or xl.
+beyond the paper, each a model setting whose default stays the paper's: model.token_shift.size=8
+(a key written to memory carries the 8 tokens before it: the context "pass key is" that the
+question repeats) and model.infini.memory_scale (a learned scale on q and k before σ, so that
+filler piling up in the memory does not wash the key out as the stream grows). `write_gate=true`
+adds model.infini.write_gate (a learned strength of each token's memory write, so filler need
+not be written) to either recipe. `answer_weight` (default 1) is the training loss's weight on
+the answer's digits, 5 of the 512-4K tokens of a prompt. `jitter=127` makes each training
+prompt up to 127 tokens shorter than the window, so that the answer lands at any offset of its
+segment: without it the answer always ends the window's last segment, and a prompt whose question
+ends a segment (the sweep's 2^k-token prompts) puts the answer where training never did. `memory`
+is infini, local or xl.
 `rule=deltanet` (memory.py) replaces memory_scale in the tuned recipe.
 """
 
@@ -62,11 +63,13 @@ def get_config(arg=None):
     raise ValueError(f"passkey memory must be infini, local or xl; got {arg.memory!r}")
   # memory_scale sharpens σ; deltanet's unit-length features need no scale (and refuse one).
   scaled = arg.memory == "infini" and arg.rule != "deltanet"
-  tuned = dict(token_shift=8, memory_scale=scaled) if arg.recipe == "tuned" else {}
-  if arg.write_gate:
-    tuned["write_gate"] = True
-  c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, d_model=128, num_heads=4,
-                         num_kv_heads=4, head_dim=32, mlp_dim=256, segment_len=SEGMENT, **tuned)
+  tuned = arg.recipe == "tuned"
+  c = configlib.defaults(
+      "tiny", memory=arg.memory,
+      shape=dict(d_model=128, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
+                 segment_len=SEGMENT),
+      infini=dict(rule=arg.rule, memory_scale=tuned and scaled, write_gate=arg.write_gate),
+      token_shift=dict(size=8 if tuned else 0))
   c.seq_len = arg.train_len  # the prompt fills the window (passkey_length 0)
   c.batch_size = max(8, 16384 // arg.train_len)  # 16K tokens a step: more prompts when short
   c.data.update(name="passkey", passkey_length=0, passkey_position="random",

@@ -25,8 +25,8 @@ def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, stage="pretrain", rule="delta")
   if arg.stage not in ("pretrain", "finetune"):
     raise ValueError(f"passkey_1b stage must be 'pretrain' or 'finetune'; got {arg.stage!r}")
-  c = configlib.defaults("tiny" if arg.runlocal else "1b", rule=arg.rule)
-  T = c.model.segment_len
+  c = configlib.defaults("tiny" if arg.runlocal else "1b", infini=dict(rule=arg.rule))
+  T = c.model.shape.segment_len
   if arg.stage == "pretrain":
     c.seq_len = 2 * T  # 4K tokens, two segments of 2K
     c.data.update(name="text_files", text_glob="", tokenizer="")

@@ -24,6 +24,7 @@ from infini_jax import evaluate
 # The baselines' memory sizes, at the paper's scale (Table 1 / Table 2 footprints): Memorizing
 # Transformers' 65K-entry kNN store, a Compressive Transformer with as many compressed slots as a
 # segment (rate 4), RMT with 100 memory tokens.
+# Each memory's section of the model config (model.memorizing, ...).
 BASELINES = dict(memorizing=dict(memory_size=65536, topk=32),
                  compressive=dict(memory_size=2048, compress_rate=4),
                  rmt=dict(memory_tokens=100))
@@ -36,11 +37,11 @@ BASELINES_LOCAL = dict(memorizing=dict(memory_size=1024, topk=32),
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, memory="infini", rule="linear")
   if arg.runlocal:
-    c = configlib.defaults("demo", memory=arg.memory, rule=arg.rule,
-                           **BASELINES_LOCAL.get(arg.memory, {}))
-    c.seq_len = 4 * c.model.segment_len
+    c = configlib.defaults("demo", memory=arg.memory, infini=dict(rule=arg.rule),
+                           **{k: v for k, v in BASELINES_LOCAL.items() if k == arg.memory})
+    c.seq_len = 4 * c.model.shape.segment_len
     if arg.memory == "full":
-      c.model.segment_len = c.seq_len  # one segment: ordinary causal attention
+      c.model.shape.segment_len = c.seq_len  # one segment: ordinary causal attention
     c.batch_size = 4
     c.optimizer.name = "adafactor"
     c.optimizer.lr = 1e-2
@@ -48,12 +49,12 @@ def get_config(arg=None):
     c.train.update(steps=100, log_every=10, eval_every=100, checkpoint_every=50)
     c.evals.perplexity.update(max_documents=4, max_tokens=4096, chunk_len=512)
     return c
-  c = configlib.defaults("paper_lm", memory=arg.memory, rule=arg.rule,
-                         **BASELINES.get(arg.memory, {}))
+  c = configlib.defaults("paper_lm", memory=arg.memory, infini=dict(rule=arg.rule),
+                         **{k: v for k, v in BASELINES.items() if k == arg.memory})
   c.model.dtype = "bfloat16"
   c.seq_len = 32768
   if arg.memory == "full":
-    c.model.segment_len = c.seq_len  # one segment of 32K: the quadratic upper bound
+    c.model.shape.segment_len = c.seq_len  # one segment of 32K: the quadratic upper bound
   c.batch_size = 64
   # The paper's slice, v5e-64 (v5e:8x8), one 32K sequence per chip (make aot: the compiled step's
   # per-chip need, in README.md). Parameters and optimizer state split over half the slice (fsdp

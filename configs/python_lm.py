@@ -13,19 +13,20 @@ docs/RESULTS.md has the figures.
   python train.py --config=configs/python_lm.py:memory=xl --workdir=runs/lm_xl --config.seed=1
   python -m experiments.compare runs/python_lm      # RUNS/NAME/seedN: the comparison table
 `memory` is one of infini (rule=linear|delta|deltanet), local, full, xl, memorizing, compressive, rmt.
-`write_gate=true` adds model.write_gate to infini (a learned strength of each token's memory write,
+`write_gate=true` adds model.infini.write_gate (a learned strength of each token's memory write,
 beyond the paper; configs/passkey.py measures it on retrieval). `decay=true` adds
-model.memory_decay (a learned per-head fade of earlier segments' writes, beyond the paper), and
-`xl_cache=true` model.xl_cache (Infini's local attention also sees the previous segment, as XL's).
-`gate_init=X` starts every head's gate logit β at X (model.gate_init; 0, an even mix, by default),
-`query_gate=true` makes the gate sigmoid(β + q·w) per token (model.query_gate, beyond the paper),
-and `memory_add=true` adds the gated read to the local output instead of mixing the two
-(model.memory_add, beyond the paper).
+model.infini.decay (a learned per-head fade of earlier segments' writes, beyond the paper), and
+`xl_cache=true` model.infini.xl_cache (Infini's local attention also sees the previous segment,
+as XL's). `gate_init=X` starts every head's gate logit β at X (model.infini.gate_init and
+model.memorizing.gate_init; 0, an even mix, by default), `query_gate=true` makes the gate
+sigmoid(β + q·w) per token (model.infini.query_gate, beyond the paper), and `memory_add=true`
+adds the gated read to the local output instead of mixing the two (model.infini.memory_add,
+beyond the paper).
 `token_shift=S` gives every memory's input the embeddings of the S bytes before each token
-(model.token_shift, beyond the paper), and `memory_scale=true` Infini a learned scale on the q and
-k fed to σ (model.memory_scale); configs/passkey.py's tuned recipe uses both. `shift_init=X`
-starts the shift's weights at X (model.token_shift_init; 1 by default, 0 starts as the model
-without the shift). `layers=N` trains
+(model.token_shift.size, beyond the paper), and `memory_scale=true` Infini a learned scale on the
+q and k fed to σ (model.infini.memory_scale); configs/passkey.py's tuned recipe uses both.
+`shift_init=X` starts the shift's weights at X (model.token_shift.init; 1 by default, 0 starts as
+the model without the shift). `layers=N` trains
 N layers instead of 2, for every memory alike. `train_len=N` trains on windows of N tokens (a
 multiple of the segment that divides 8,192) at the same 8,192 tokens a step, so the same budget,
 and measures `perplexity` on the first N tokens of each held-out file. `segment=N` runs every
@@ -46,9 +47,9 @@ TOKENS_PER_STEP = 8192
 
 
 def baselines(segment):
-  """The baselines' memories scaled to the segment: Memorizing Transformers' kNN store holds 16
-  segments of keys, the Compressive Transformer keeps a segment's worth of compressed slots, RMT
-  carries 8 memory tokens."""
+  """The baselines' memories scaled to the segment, each its section of the model config:
+  Memorizing Transformers' kNN store holds 16 segments of keys, the Compressive Transformer keeps
+  a segment's worth of compressed slots, RMT carries 8 memory tokens."""
   return dict(memorizing=dict(memory_size=16 * segment, topk=32),
               compressive=dict(memory_size=segment, compress_rate=4),
               rmt=dict(memory_tokens=8))
@@ -66,19 +67,22 @@ def get_config(arg=None):
                      "tokens of one step), e.g. segment=32, 64 or 128 with train_len=2048")
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.steps = 20
-  c = configlib.defaults("tiny", memory=arg.memory, rule=arg.rule, num_layers=arg.layers,
-                         d_model=128, num_heads=4, num_kv_heads=4, head_dim=32, mlp_dim=256,
-                         segment_len=arg.segment,
-                         write_gate=arg.write_gate, memory_decay=arg.decay, xl_cache=arg.xl_cache,
-                         gate_init=arg.gate_init, query_gate=arg.query_gate,
-                         memory_add=arg.memory_add, token_shift=arg.token_shift,
-                         token_shift_init=arg.shift_init,
-                         memory_scale=arg.memory_scale,
-                         **baselines(arg.segment).get(arg.memory, {}))
+  memory = baselines(arg.segment).get(arg.memory, {})  # the baseline's section, if any
+  if arg.memory == "memorizing":
+    memory = dict(memory, gate_init=arg.gate_init)  # its kNN layer's gate
+  c = configlib.defaults(
+      "tiny", memory=arg.memory,
+      shape=dict(num_layers=arg.layers, d_model=128, num_heads=4, num_kv_heads=4, head_dim=32,
+                 mlp_dim=256, segment_len=arg.segment),
+      infini=dict(rule=arg.rule, write_gate=arg.write_gate, decay=arg.decay,
+                  xl_cache=arg.xl_cache, gate_init=arg.gate_init, query_gate=arg.query_gate,
+                  memory_add=arg.memory_add, memory_scale=arg.memory_scale),
+      token_shift=dict(size=arg.token_shift, init=arg.shift_init),
+      **({arg.memory: memory} if memory else {}))
   c.seq_len = arg.train_len
   c.data.shuffle_seed = arg.shuffle_seed
   if arg.memory == "full":
-    c.model.segment_len = arg.train_len  # one segment: causal attention over the whole window
+    c.model.shape.segment_len = arg.train_len  # one segment: causal attention over the whole window
   # Every window length gets the same tokens a step, so runs of any length share the budget.
   c.batch_size = TOKENS_PER_STEP // arg.train_len
   c.optimizer.update(lr=3e-3, warmup_steps=30)

@@ -32,16 +32,16 @@ def load(runs: str) -> dict[str, list[dict]]:
     run = os.path.dirname(path)
     with open(path) as f:
       metrics = json.load(f)
-    with open(os.path.join(run, "config.json")) as f:
-      model = json.load(f)["model"]
+    with open(os.path.join(run, "config.json")) as f:  # flat for a run of an earlier version
+      model = ModelConfig.from_dict(json.load(f)["model"])
     out.setdefault(os.path.basename(os.path.dirname(run)), []).append(
         dict(metrics=metrics, model=model, seed=os.path.basename(run)[len("seed"):]))
   return out
 
 
-def sizes(model: dict) -> tuple[int, int]:
+def sizes(model: ModelConfig) -> tuple[int, int]:
   """(parameters, state numbers per sequence) of a model config."""
-  built = InfiniTransformer(ModelConfig(**model), rngs=nnx.Rngs(0))  # small: built for real
+  built = InfiniTransformer(model, rngs=nnx.Rngs(0))  # small: built for real
   params = sum(x.size for x in jax.tree.leaves(nnx.state(built, nnx.Param)))
   return params, built.state_size(1)
 
@@ -128,7 +128,7 @@ def plot(results, evaluator, buckets, path):
   fig, ax = plt.subplots(figsize=(7, 4))
   ppl = f"eval/{evaluator}/ppl"
   for name, seeds in sorted(results.items()):
-    seg = seeds[0]["model"]["segment_len"]
+    seg = seeds[0]["model"].shape.segment_len
     if ppl not in seeds[0]["metrics"]:
       continue
     have = [b for b in buckets if f"{ppl}_seg_{b}" in seeds[0]["metrics"]]

@@ -47,7 +47,7 @@ def empty_reads(model: nnx.Module, layers) -> None:
   """Makes the memory reads of `layers` return 0, in place (again: replaces the last setting)."""
   memory = model.stages[0].blocks.attn.memory  # memory=infini: one stage of stacked layers
   gate = memory.gate.inner if isinstance(memory.gate, EmptyReads) else memory.gate
-  on = jnp.ones((model.cfg.num_layers,), jnp.float32).at[jnp.asarray(layers, int)].set(0.0)
+  on = jnp.ones((model.cfg.shape.num_layers,), jnp.float32).at[jnp.asarray(layers, int)].set(0.0)
   memory.gate = EmptyReads(gate, on)
 
 
@@ -65,7 +65,7 @@ def main(argv):
     perplexities = sorted(k for k, v in evaluators.items() if isinstance(v, evaluate.Perplexity))
     sys.exit(f"memory_ablation: --evaluator={name!r} is not a perplexity evaluator of the config; "
              f"it has {perplexities}")
-  layers = range(config.model.num_layers)
+  layers = range(config.model.shape.num_layers)
   print(f"{_WORKDIR.value}: {name} perplexity with memory reads emptied")
   settings = [("as trained", ())] + [(f"layer {i} emptied", (i,)) for i in layers]
   settings += [("every layer emptied", tuple(layers))] if len(layers) > 1 else []

@@ -39,7 +39,7 @@ train tuned_512 "recipe=tuned,train_len=512,steps=1500"
 train tuned "recipe=tuned" \
     "--config.init_from=$RUNS/tuned_512/checkpoints --config.optimizer.lr=1e-3"
 sweep tuned "recipe=tuned"
-# The tuned recipe with model.write_gate (the best here): the same 512-token stage, then 700
+# The tuned recipe with model.infini.write_gate (the best here): the same 512-token stage, then 700
 # steps on 4K prompts (and, to compare, 1,000 on 2K), each swept to 1M; a second seed of the 4K
 # recipe (other initial weights, other prompts); 500 more 4K steps at a lower rate on new prompts.
 train gated_512 "write_gate=true,train_len=512,steps=1500"
@@ -108,10 +108,10 @@ for seed in 0 3; do
   sweep "jit127_gatelr1_seed${seed}_4k" "write_gate=true,train_len=4096"
 done
 # The jittered recipe for the two seeds that faded beyond 32K (1 and 0), with the token shift's
-# weights started at 0 instead of 1 in both stages (model.token_shift_init; docs/notebook.md:
+# weights started at 0 instead of 1 in both stages (model.token_shift.init; docs/notebook.md:
 # "Where the token shift starts").
 for seed in 1 0; do
-  SEED="--config.seed=$seed --config.data.passkey_seed=$seed --config.model.token_shift_init=0"
+  SEED="--config.seed=$seed --config.data.passkey_seed=$seed --config.model.token_shift.init=0"
   train "shift0_seed${seed}_512" "write_gate=true,train_len=512,steps=1500" "$SEED"
   train "jit127_gatelr1_shift0_seed${seed}_4k" "write_gate=true,jitter=127,train_len=4096,steps=700" \
       "$SEED --config.init_from=$RUNS/shift0_seed${seed}_512/checkpoints --config.optimizer.lr=1e-3 --config.optimizer.gate_lr_mult=1"

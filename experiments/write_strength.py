@@ -1,5 +1,5 @@
-"""What a model.write_gate model writes to memory: the mean write strength β per layer and head
-over the parts of one passkey prompt (filler, the key line's digits, the rest of the key line,
+"""What a model.infini.write_gate model writes to memory: the mean write strength β per layer and
+head over the parts of one passkey prompt (filler, the key line's digits, the rest of the key line,
 the question), key in the middle.
 
   python -m experiments.write_strength --config=configs/passkey.py:write_gate=true \
@@ -31,8 +31,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  if not config.model.write_gate:
-    sys.exit("write_strength: the config has model.write_gate off: there is nothing to show")
+  if not config.model.infini.write_gate:
+    sys.exit("write_strength: the config has model.infini.write_gate off: there is nothing to show")
   tok = toklib.get_tokenizer(config.data.tokenizer)
   if not isinstance(tok, toklib.ByteTokenizer):
     sys.exit("write_strength: needs the byte tokenizer (one token per character)")
@@ -51,7 +51,7 @@ def main(argv):
     return out
 
   WriteGate.weigh = record
-  T, L = model.cfg.segment_len, model.cfg.num_layers
+  T, L = model.cfg.shape.segment_len, model.cfg.shape.num_layers
   state = model.init_state(1)
   for s in range(0, len(ids), T):
     chunk = ids[None, s:s + T]

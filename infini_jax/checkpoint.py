@@ -199,7 +199,8 @@ def restore_init_params(path: str, fresh_params: Any, memory_params: set[str]) -
   gates = [n for n in fill if n.endswith("/gate/beta")]
   if gates:
     beta = _first_value(fresh_params, gates[0])
-    note += (f"; it has no gates: {sum(want[n][0] for n in gates)} layers start at this run's model.gate_init "
+    note += (f"; it has no gates: {sum(want[n][0] for n in gates)} layers start at this run's "
+             "model.infini.gate_init "
              f"β={beta:g} (sigmoid {1 / (1 + np.exp(-beta)):.3g})")
   if len(fill) > len(gates):
     note += f"; fresh {', '.join(n for n in fill if n not in gates)}"

@@ -24,12 +24,14 @@ from infini_jax.optim import OPTIMIZERS
 DATASETS = ("python_code", "text_files", "passkey", "pg19", "booksum")
 
 
-def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.ConfigDict:
+def defaults(model_name: str = "tiny", **model_changes) -> ml_collections.ConfigDict:
+  """The schema with the preset `model_name` changed by `model_changes` (configs/models.get's:
+  `defaults("tiny", memory="xl", shape=dict(segment_len=32))`)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.model_name = model_name
-  c.model = models.get(model_name, **model_overrides)
-  c.seq_len = 4 * c.model.segment_len  # training length: whole segments
+  c.model = models.get(model_name, **model_changes)
+  c.seq_len = 4 * c.model.shape.segment_len  # training length: whole segments
   c.batch_size = 8  # global, across all processes
 
   c.data = ml_collections.ConfigDict(dict(
@@ -72,52 +74,60 @@ def defaults(model_name: str = "tiny", **model_overrides) -> ml_collections.Conf
 def parse_arg(arg: str | None, **defaults_) -> ml_collections.ConfigDict:
   """'runlocal,memory=xl' -> ConfigDict(runlocal=True, memory='xl') over `defaults_`.
 
-  A bare name sets a boolean; key=value takes the default's type. Unknown keys are errors.
+  A bare name sets a boolean; key=value takes the default's type; a dotted key sets a key of a
+  nested default ('shape.segment_len=32'). Unknown keys are errors.
   """
   out = ml_collections.ConfigDict(defaults_)
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
-    if key not in defaults_:
+    *parents, leaf = key.split(".")
+    node = out
+    for part in parents:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if (not isinstance(node, ml_collections.ConfigDict) or leaf not in node
+        or isinstance(node[leaf], ml_collections.ConfigDict)):
       raise ValueError(f"unknown config argument {key!r}; this config takes {sorted(defaults_)}")
-    default = defaults_[key]
+    default = node[leaf]
     if not sep:
       if not isinstance(default, bool):
         raise ValueError(f"config argument {key!r} needs a value: {key}=...")
-      out[key] = True
+      node[leaf] = True
     elif isinstance(default, bool):
       if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
         raise ValueError(f"config argument {key}={value!r}: use true or false")
-      out[key] = value.lower() in ("1", "true", "yes")
+      node[leaf] = value.lower() in ("1", "true", "yes")
     else:
-      out[key] = type(default)(value)
+      node[leaf] = type(default)(value)
   return out
 
 
 def model_config(config) -> ModelConfig:
-  return ModelConfig(**config.model.to_dict())
+  return ModelConfig.from_dict(config.model)
 
 
 def validate(config, device_count: int | None = None, process_count: int = 1) -> ModelConfig:
   """Checks the settings against each other; returns the ModelConfig. Raises ValueError."""
   check_ranges(config)
   model = model_config(config)
-  if config.seq_len <= 0 or config.seq_len % model.segment_len:
+  T = model.shape.segment_len
+  if config.seq_len <= 0 or config.seq_len % T:
     raise ValueError(
-        f"seq_len={config.seq_len} must be a positive multiple of model.segment_len="
-        f"{model.segment_len}; e.g. --config.seq_len={4 * model.segment_len}")
-  if model.memory == "full" and model.segment_len != config.seq_len:
+        f"seq_len={config.seq_len} must be a positive multiple of model.shape.segment_len={T}; "
+        f"e.g. --config.seq_len={4 * T}")
+  if model.memory == "full" and T != config.seq_len:
     raise ValueError(
-        f"memory=full attends over the whole training length: set model.segment_len = seq_len "
-        f"(--config.model.segment_len={config.seq_len}); got {model.segment_len}")
+        f"memory=full attends over the whole training length: set model.shape.segment_len = "
+        f"seq_len (--config.model.shape.segment_len={config.seq_len}); got {T}")
   if config.data.name not in DATASETS:
     raise ValueError(f"unknown data.name {config.data.name!r}; use one of {DATASETS}")
   if not config.data.tokenizer:
     raise ValueError("data.tokenizer is empty: set --config.data.tokenizer=byte or the path of a "
                      "SentencePiece .model (python -m infini_jax.data.tokenizer train ...)")
   vocab = get_tokenizer(config.data.tokenizer).vocab_size
-  if vocab > model.vocab_size:
-    raise ValueError(f"the tokenizer has {vocab} ids but model.vocab_size is {model.vocab_size}; "
-                     f"set --config.model.vocab_size={vocab} or more")
+  if vocab > model.shape.vocab_size:
+    raise ValueError(f"the tokenizer has {vocab} ids but model.shape.vocab_size is "
+                     f"{model.shape.vocab_size}; set --config.model.shape.vocab_size={vocab} or "
+                     "more")
   if config.data.name == "text_files" and not config.data.text_glob:
     raise ValueError("data.text_glob is empty: point it at your corpus, e.g. "
                      "--config.data.text_glob='/data/books/*.txt'")

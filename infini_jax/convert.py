@@ -2,7 +2,7 @@
 
   python -m infini_jax.convert --from_hf=/ckpt/Llama-3.2-1B --out=/ckpt/llama-3.2-1b-infini \
       --preset=1b
-  python -m infini_jax.convert --from_hf=DIR --out=OUT --preset=1b:rule=delta --gate_init=-6
+  python -m infini_jax.convert --from_hf=DIR --out=OUT --preset=1b:infini.rule=delta --gate_init=-6
   python -m infini_jax.convert --from_hf=DIR --out=OUT --config=configs/passkey_1b.py
 then train from it: `python train.py ... --config.init_from=OUT`, or evaluate it as it is:
 `python eval.py --config=... --workdir=OUT`.
@@ -44,7 +44,6 @@ pretrained attention output. README "Start from an existing LLM" has the measure
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -76,20 +75,20 @@ FLOAT_DTYPES = ("F32", "BF16", "F16", "F64")  # safetensors dtype names a weight
 # Buffers some transformers versions saved next to the weights; recomputed here, never read.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
-# config.json key -> ModelConfig field, checked one by one.
+# config.json key -> the model config's key (SECTION.KEY), checked one by one.
 SHAPE_FIELDS = {
-    "hidden_size": "d_model", "num_hidden_layers": "num_layers",
-    "num_attention_heads": "num_heads", "num_key_value_heads": "num_kv_heads",
-    "head_dim": "head_dim", "intermediate_size": "mlp_dim", "vocab_size": "vocab_size",
-    "tie_word_embeddings": "tie_embeddings", "rope_theta": "rope_theta",
-    "rms_norm_eps": "norm_eps", "rope_scaling": "rope_scaling",
+    "hidden_size": "shape.d_model", "num_hidden_layers": "shape.num_layers",
+    "num_attention_heads": "shape.num_heads", "num_key_value_heads": "shape.num_kv_heads",
+    "head_dim": "shape.head_dim", "intermediate_size": "shape.mlp_dim",
+    "vocab_size": "shape.vocab_size", "tie_word_embeddings": "shape.tie_embeddings",
+    "rope_theta": "rope.theta", "rms_norm_eps": "shape.norm_eps", "rope_scaling": "rope.scaling",
 }
 REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                  "vocab_size")
 LLAMA3_FIELDS = {  # rope_scaling's settings when its type is llama3
-    "factor": "rope_scaling_factor", "low_freq_factor": "rope_low_freq_factor",
-    "high_freq_factor": "rope_high_freq_factor",
-    "original_max_position_embeddings": "rope_original_max_len",
+    "factor": "rope.factor", "low_freq_factor": "rope.low_freq_factor",
+    "high_freq_factor": "rope.high_freq_factor",
+    "original_max_position_embeddings": "rope.original_max_len",
 }
 
 
@@ -148,12 +147,23 @@ def read_hf_config(hf_dir: str) -> dict:
 def check_config(hf: dict, cfg: ModelConfig, hf_dir: str) -> None:
   """Raises one ValueError naming every config.json field that the model config contradicts."""
   fields = dict(SHAPE_FIELDS, **(LLAMA3_FIELDS if hf["rope_scaling"] == "llama3" else {}))
-  wrong = [f"{key}={hf[key]!r} but model.{field}={getattr(cfg, field)!r}"
-           for key, field in fields.items() if not _same(hf[key], getattr(cfg, field))]
+  wrong = [f"{key}={hf[key]!r} but model.{field}={_value(cfg, field)!r}"
+           for key, field in fields.items() if not _same(hf[key], _value(cfg, field))]
   if wrong:
     raise ValueError(f"the model config does not match {os.path.join(hf_dir, 'config.json')}: "
                      f"{'; '.join(wrong)}. Pick the preset of this checkpoint or override those "
-                     "fields (--preset=NAME:field=value,...)")
+                     "keys (--preset=NAME:section.key=value,...)")
+
+
+def _value(cfg: ModelConfig, key: str):
+  """The value of the model config's key SECTION.KEY."""
+  section, name = key.split(".")
+  return cfg.to_dict()[section][name]
+
+
+def gate_init(cfg: ModelConfig) -> float:
+  """Where the gates of the config's memory start: Infini's, or memorizing's kNN layer's."""
+  return cfg.memorizing.gate_init if cfg.memory == "memorizing" else cfg.infini.gate_init
 
 
 def _same(a, b) -> bool:
@@ -164,14 +174,14 @@ def _same(a, b) -> bool:
 
 def tensor_map(cfg: ModelConfig) -> dict[str, tuple[tuple, tuple, Callable]]:
   """Hugging Face tensor name -> (our parameter path, its Hugging Face shape, layout change)."""
-  W, D, N, K, H, F = (cfg.vocab_size, cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                      cfg.mlp_dim)
+  s = cfg.shape
+  W, D, N, K, H, F = s.vocab_size, s.d_model, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim
   same = lambda w: w  # noqa: E731
   out = {"model.embed_tokens.weight": (("embed",), (W, D), same),
          "model.norm.weight": (("final_norm", "scale"), (D,), same)}
-  if not cfg.tie_embeddings:
+  if not s.tie_embeddings:
     out["lm_head.weight"] = (("unembed",), (W, D), lambda w: w.T)
-  for i in range(cfg.num_layers):
+  for i in range(s.num_layers):
     hf, ours = f"model.layers.{i}.", ("blocks", i)
     out.update({
         hf + "input_layernorm.weight": (ours + ("attn_norm", "scale"), (D,), same),
@@ -217,7 +227,7 @@ def load_tensors(hf_dir: str, cfg: ModelConfig) -> dict[tuple, np.ndarray]:
   wanted = tensor_map(cfg)
   files = tensor_files(hf_dir)
   extra = sorted(n for n in set(files) - set(wanted) if not n.endswith(IGNORED_SUFFIXES))
-  if cfg.tie_embeddings and "lm_head.weight" in extra:
+  if cfg.shape.tie_embeddings and "lm_head.weight" in extra:
     extra.remove("lm_head.weight")  # a tied copy; checked equal to the embedding below
   missing = sorted(set(wanted) - set(files))
   if missing:
@@ -246,7 +256,7 @@ def load_tensors(hf_dir: str, cfg: ModelConfig) -> dict[tuple, np.ndarray]:
       for name in names:
         target, _, layout = wanted[name]
         out[target] = np.ascontiguousarray(layout(f.get_tensor(name)).astype(to))
-  if cfg.tie_embeddings and "lm_head.weight" in files:
+  if cfg.shape.tie_embeddings and "lm_head.weight" in files:
     with safe_open(files["lm_head.weight"], framework="numpy") as f:
       if not np.array_equal(f.get_tensor("lm_head.weight").astype(to), out[("embed",)]):
         raise ValueError(f"{hf_dir}: lm_head.weight differs from model.embed_tokens.weight but "
@@ -261,7 +271,7 @@ def _few(names: list[str]) -> str:
 def convert(hf_dir: str, out_dir: str, cfg: ModelConfig) -> str:
   """Converts the checkpoint in hf_dir for a model of config `cfg` into out_dir.
 
-  Gated memories' gates β start at cfg.gate_init. Returns the checkpoints directory written
+  Gated memories' gates β start at `gate_init(cfg)`. Returns the checkpoints directory written
   (the value for config.init_from). Raises ValueError / FileNotFoundError, before writing
   anything, when the checkpoint and cfg disagree.
   """
@@ -278,7 +288,7 @@ def convert(hf_dir: str, out_dir: str, cfg: ModelConfig) -> str:
       arrays = [tensors.pop(source) for source in sources]
       value = np.stack(arrays) if path[0] == "stages" else arrays[0]
     elif path[-2:] == ("gate", "beta"):
-      value = np.full(leaf.shape, cfg.gate_init, leaf.dtype)
+      value = np.full(leaf.shape, gate_init(cfg), leaf.dtype)
     elif path in memory_params:
       continue  # nothing pretrained (the options, RMT's memory tokens): init_from starts them fresh
     else:
@@ -295,7 +305,7 @@ def convert(hf_dir: str, out_dir: str, cfg: ModelConfig) -> str:
   finally:
     ckpt.close()
   with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(dict(model=dataclasses.asdict(cfg), converted_from=os.path.abspath(hf_dir)), f,
+    json.dump(dict(model=cfg.to_dict(), converted_from=os.path.abspath(hf_dir)), f,
               indent=2)
   return ckpt.directory
 
@@ -306,27 +316,29 @@ _FROM_HF = flags.DEFINE_string("from_hf", None, "Hugging Face model folder (conf
                                "*.safetensors).")
 _OUT = flags.DEFINE_string("out", None, "Where to write the infini-jax checkpoint (a new folder).")
 _PRESET = flags.DEFINE_string("preset", None, "A preset of configs/models.py, with optional "
-                              "overrides: 1b or 1b:rule=delta,segment_len=4096.")
+                              "overrides: 1b or 1b:infini.rule=delta,shape.segment_len=4096.")
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Or an experiment config file[:args]; "
                                           "its model is used.", lock_config=True)
 _GATE_INIT = flags.DEFINE_float("gate_init", models.CONVERTED_GATE_INIT,
                                 "Starting β of the gates, sigmoid(β) the memory read's share "
-                                "(replaces the model config's gate_init).")
+                                "(replaces the model config's infini.gate_init and "
+                                "memorizing.gate_init).")
 
 
 def model_from_flags() -> tuple[str, ModelConfig]:
   """(a name for the log, the ModelConfig) from --preset or --config."""
   if (_PRESET.value is None) == (_CONFIG.value is None):
-    raise app.UsageError("give exactly one of --preset=NAME[:field=value,...] and --config=FILE")
+    raise app.UsageError("give exactly one of --preset=NAME[:section.key=value,...] and "
+                         "--config=FILE")
   if _CONFIG.value is not None:
     name, cfg = _CONFIG.value.model_name, configlib.model_config(_CONFIG.value)
   else:
     name, _, arg = _PRESET.value.partition(":")
     if name not in models.PRESETS:
       raise ValueError(f"unknown preset {name!r}; choose one of {sorted(models.PRESETS)}")
-    fields = configlib.parse_arg(arg, **dataclasses.asdict(models.PRESETS[name]))
-    cfg = ModelConfig(**fields.to_dict())
-  return name, dataclasses.replace(cfg, gate_init=_GATE_INIT.value)
+    cfg = ModelConfig.from_dict(configlib.parse_arg(arg, **models.PRESETS[name].to_dict()))
+  gates = dict(gate_init=_GATE_INIT.value)
+  return name, cfg.replace(infini=gates, memorizing=gates)
 
 
 def main(argv):
@@ -339,7 +351,8 @@ def main(argv):
   except (ValueError, FileNotFoundError) as e:
     sys.exit(f"convert: error: {e}")
   gated = cfg.memory in ("infini", "memorizing")
-  gates = f", gates β={cfg.gate_init:g} (sigmoid {1 / (1 + math.exp(-cfg.gate_init)):.3g})"
+  beta = gate_init(cfg)
+  gates = f", gates β={beta:g} (sigmoid {1 / (1 + math.exp(-beta)):.3g})"
   print(f"wrote {directory}/0: {_FROM_HF.value} as model {name} ({cfg.param_dtype}, memory="
         f"{cfg.memory}{gates if gated else ''}); train from it with "
         f"--config.init_from={_OUT.value}, or evaluate it with eval.py --workdir={_OUT.value}")

@@ -51,7 +51,8 @@ def report(config, model_cfg: ModelConfig, device_count: int) -> dict[str, float
   r = estimate(config, model_cfg, device_count)
   gib = lambda b: f"{b / 2**30:8.3f} GiB"  # noqa: E731
   print(f"dry run: {config.model_name} on {r['devices']} devices ({r['mesh']}), "
-        f"batch {config.batch_size} x {config.seq_len} tokens, segment {model_cfg.segment_len}\n"
+        f"batch {config.batch_size} x {config.seq_len} tokens, segment "
+        f"{model_cfg.shape.segment_len}\n"
         f"  parameters          {r['parameters'] / 1e9:.3f}e9\n"
         f"  train FLOPs/token   {r['flops_per_token'] / 1e9:.3f}e9\n"
         f"  per device:\n"

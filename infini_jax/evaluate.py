@@ -56,10 +56,10 @@ class Perplexity:
   def __init__(self, config, split: str = "validation", max_documents: int = 16,
                max_tokens: int = 0, chunk_len: int = 2048, batch_size: int = 4, kind: str = ""):
     del kind
-    seg = config.model.segment_len
+    seg = config.model.shape.segment_len
     if chunk_len % seg:
       raise ValueError(f"evals.perplexity.chunk_len={chunk_len} must be a multiple of "
-                       f"model.segment_len={seg}")
+                       f"model.shape.segment_len={seg}")
     self.data, self.split, self.segment_len = config.data, split, seg
     self.seq_len = config.seq_len  # passkey_length 0 is read as "fit the training length"
     self.max_documents, self.max_tokens = max_documents, max_tokens
@@ -122,9 +122,9 @@ class Perplexity:
 
 def check_vocab(tokenizer: Tokenizer, model: nnx.Module) -> None:
   """Ids past the embedding table would be read as garbage (jnp.take fills them), not fail."""
-  if tokenizer.vocab_size > model.cfg.vocab_size:
-    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but model.vocab_size is "
-                     f"{model.cfg.vocab_size}: use the tokenizer the model was trained with")
+  if tokenizer.vocab_size > model.cfg.shape.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but model.shape.vocab_size is "
+                     f"{model.cfg.shape.vocab_size}: use the tokenizer the model was trained with")
 
 
 def length_label(n: int) -> str:
@@ -231,7 +231,7 @@ class TeacherForced:
   """
 
   def __init__(self, model: nnx.Module, chunk_segments: int = 16):
-    self.T = model.cfg.segment_len
+    self.T = model.cfg.shape.segment_len
     self.chunk_len = chunk_segments * self.T
     self.model = model
     graphdef, self.params = nnx.split(model)
@@ -279,7 +279,7 @@ class TeacherForced:
 
 class Gates:
   """sigmoid(β) per layer and head (the paper's Figure 3): which heads read memory or context;
-  with model.memory_decay also each key/value head's learned decay γ."""
+  with model.infini.decay also each key/value head's learned decay γ."""
 
   def __init__(self, config, low: float = 0.1, high: float = 0.9, kind: str = ""):
     del config, kind

@@ -50,7 +50,7 @@ class Decoder:
     if chunk_segments < 1:
       raise ValueError(f"chunk_segments must be >= 1; got {chunk_segments}")
     self.model = model
-    self.segment_len = model.cfg.segment_len
+    self.segment_len = model.cfg.shape.segment_len
     self.chunk_len = chunk_segments * self.segment_len
     graphdef, self.params = nnx.split(model)
 

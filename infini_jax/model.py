@@ -14,9 +14,8 @@ chunks of tokens) is computed inside the segment scan, so no [B, L, W] logits ex
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,19 +26,12 @@ from infini_jax import memories
 from infini_jax import rope as ropelib
 from infini_jax import sharding as sh
 from infini_jax.attention import Attention, param
-from infini_jax.local_attention import IMPLEMENTATIONS
-from infini_jax.memories import MEMORIES, RULES
 from infini_jax.memories.common import Gate, keep_if_empty
+from infini_jax.model_config import (  # noqa: F401 (ModelConfig's users import it from here)
+    ATTENTION_IMPLS, DTYPES, REMAT_POLICIES, ModelConfig, Shape, stages)
 from infini_jax.memories.options import Decay
 from infini_jax.memories.rmt import RMT, TokenShift
 
-REMAT_POLICIES: dict[str, Any] = {
-    "none": None,  # no rematerialisation: fastest, memory grows with layers and segments
-    "full": jax.checkpoint_policies.nothing_saveable,  # keep each layer's input only
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # and its matmul outputs
-}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-ATTENTION_IMPLS = tuple(IMPLEMENTATIONS)
 ACTIVATION = (sh.BATCH, sh.LENGTH, None)  # block boundaries: split over the batch only
 LOSS_CHUNK = 512  # tokens per chunk of the loss: no [T, W] float32 logits for a whole segment
 
@@ -55,123 +47,6 @@ def constrain_state(state):
     return sh.constrain(x, (sh.BATCH,) + (None,) * (x.ndim - 1))
 
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, CM))
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The model's shape and numerics; presets live in configs/models.py."""
-
-  vocab_size: int
-  d_model: int
-  num_layers: int
-  num_heads: int
-  num_kv_heads: int
-  head_dim: int
-  mlp_dim: int
-  segment_len: int
-  memory: str = "infini"
-  rule: str = "linear"
-  gate_init: float = 0.0
-  rope_theta: float = 10_000.0
-  # RoPE frequency rescaling (infini_jax/rope.py): "none", or "llama3" as in Llama 3.1 and 3.2.
-  rope_scaling: str = "none"
-  rope_scaling_factor: float = 1.0
-  rope_low_freq_factor: float = 1.0
-  rope_high_freq_factor: float = 4.0
-  rope_original_max_len: int = 8192
-  norm_eps: float = 1e-5
-  tie_embeddings: bool = False
-  dtype: str = "float32"  # compute dtype; memory math, softmax, gate and loss stay float32
-  param_dtype: str = "float32"
-  remat: str = "full"  # per layer, inside the segment scan (REMAT_POLICIES)
-  # Causal attention inside a segment (infini_jax/local_attention.py): "blocked" (query blocks
-  # over their key prefix; fastest on CPU), "xla" (jax.nn.dot_product_attention: cuDNN flash
-  # attention on GPU in bfloat16/float16, XLA's path elsewhere) or "pallas" (the splash
-  # attention kernel on TPU, infini_jax/flash_tpu.py).
-  attention_impl: str = "blocked"
-  # The baselines' settings (infini_jax/memories): memorizing's store entries per head or
-  # compressive's compressed slots; memorizing's top-k and kNN layer (-1: 3/4 deep); compressive's
-  # rate; RMT's memory tokens.
-  memory_size: int = 0
-  topk: int = 32
-  knn_layer: int = -1
-  compress_rate: int = 4
-  memory_tokens: int = 0
-  # Beyond the paper, off by default (docs/RESULTS.md measures them on passkey retrieval):
-  # token_shift: the input of token t also gets the embeddings of tokens t-1..t-S (S =
-  # token_shift), each with a learned per-channel weight, carried across segments in the state,
-  # so that a key written to memory can say what came before it (a one-layer induction key).
-  # token_shift_init: where those weights start. 1 gives the first layer a bag of the last S + 1
-  # tokens, in which the current one is not yet told apart; 0 starts as the model without the
-  # shift and lets the gradient bring the previous tokens in (docs/RESULTS.md measures both).
-  # The Infini memory's options (infini_jax/memories/options.py, each explained there):
-  # memory_scale (MemoryScale), write_gate (WriteGate), memory_decay (Decay), query_gate
-  # (QueryGate), memory_add (Gate's additive mix), xl_cache (the context is Transformer-XL's:
-  # the segment and the one before), rule=deltanet (DeltaNet).
-  token_shift: int = 0
-  token_shift_init: float = 1.0
-  memory_scale: bool = False
-  write_gate: bool = False
-  memory_decay: bool = False
-  xl_cache: bool = False
-  query_gate: bool = False
-  memory_add: bool = False
-
-  def __post_init__(self):
-    for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "head_dim",
-                 "mlp_dim", "segment_len"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"model.{name} must be positive; got {getattr(self, name)}")
-    if self.dtype not in DTYPES or self.param_dtype not in DTYPES:
-      raise ValueError(f"model.dtype and model.param_dtype must be one of {tuple(DTYPES)}; "
-                       f"got {self.dtype!r}, {self.param_dtype!r}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown model.remat {self.remat!r}; use one of {tuple(REMAT_POLICIES)}")
-    if self.attention_impl not in ATTENTION_IMPLS:
-      raise ValueError(f"unknown model.attention_impl {self.attention_impl!r}; use one of "
-                       f"{ATTENTION_IMPLS}")
-    if self.memory not in MEMORIES:
-      raise ValueError(f"unknown model.memory {self.memory!r}; use one of {MEMORIES}")
-    memories.check(self)
-    if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"model.num_heads={self.num_heads} must be a multiple of "
-                       f"model.num_kv_heads={self.num_kv_heads}")
-    ropelib.scaling_of(self)  # raises on an unknown model.rope_scaling
-    if self.token_shift < 0:
-      raise ValueError(f"model.token_shift must be >= 0; got {self.token_shift}")
-    if self.token_shift_init != 1.0 and not self.token_shift:
-      raise ValueError(f"model.token_shift_init={self.token_shift_init} has no effect without "
-                       "model.token_shift: set model.token_shift > 0 or leave the init at 1")
-    if not math.isfinite(self.token_shift_init):
-      raise ValueError(f"model.token_shift_init must be a finite number; got "
-                       f"{self.token_shift_init}")
-    for name, what in (("memory_scale", "scales the compressive memory's q and k"),
-                       ("write_gate", "weighs the compressive memory's writes"),
-                       ("memory_decay", "fades the compressive memory"),
-                       ("xl_cache", "adds Transformer-XL's cache to Infini-attention"),
-                       ("query_gate", "makes Infini-attention's gate depend on the query"),
-                       ("memory_add", "adds Infini-attention's memory read to its local output")):
-      if getattr(self, name) and self.memory != "infini":
-        raise ValueError(f"model.{name} {what}: it needs memory='infini', not {self.memory!r}")
-    if self.memory_scale and self.rule == "deltanet":
-      raise ValueError("model.memory_scale has no effect with rule='deltanet', whose features "
-                       "are unit length whatever the scale: turn one of them off")
-  def flops_per_token(self) -> float:
-    """Forward FLOPs per token: the matmuls the model runs (2 per multiply-add), as
-    tests/test_flops.py counts them in its jaxpr, with one convention: segment attention counts
-    its whole T x keys square, as peers count it, where the blocked path skips the masked
-    triangle of segments longer than its query block."""
-    D, N, K, H, F, T = (self.d_model, self.num_heads, self.num_kv_heads, self.head_dim,
-                        self.mlp_dim, self.segment_len)
-    proj = 2 * D * (N * H + 2 * K * H) + 2 * N * H * D  # q, k, v, o
-    # RMT runs the stack on p read and p write tokens beside every segment's T tokens.
-    positions = T + 2 * self.memory_tokens if self.memory == "rmt" else T
-    total = 0.0
-    for first, count in stages(self):
-      keys, extra = memories.build(self, first).flops(N, T)  # a memory holds no large arrays
-      keys = positions if keys == T else keys
-      total += count * (proj + 4 * keys * N * H + extra + 6 * D * F) * positions / T
-    return total + 2 * D * self.vocab_size
 
 
 class RMSNorm(nnx.Module):
@@ -206,14 +81,14 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, index: int, rngs: nnx.Rngs):
-    dtype, param_dtype = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype]
-    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
+    dtype, param_dtype, s = DTYPES[cfg.dtype], DTYPES[cfg.param_dtype], cfg.shape
+    self.attn_norm = RMSNorm(s.d_model, s.norm_eps, param_dtype)
     self.attn = Attention(
-        cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, memories.build(cfg, index),
-        rope_theta=cfg.rope_theta, rope_scaling=ropelib.scaling_of(cfg), dtype=dtype,
+        s.d_model, s.num_heads, s.num_kv_heads, s.head_dim, memories.build(cfg, index),
+        rope_theta=cfg.rope.theta, rope_scaling=ropelib.scaling_of(cfg.rope), dtype=dtype,
         param_dtype=param_dtype, attention_impl=cfg.attention_impl, rngs=rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
-    self.mlp = MLP(cfg.d_model, cfg.mlp_dim, dtype, param_dtype, rngs)
+    self.mlp_norm = RMSNorm(s.d_model, s.norm_eps, param_dtype)
+    self.mlp = MLP(s.d_model, s.mlp_dim, dtype, param_dtype, rngs)
 
   def __call__(self, x, state, mask):
     y, state = self.attn(self.attn_norm(x), state, mask)
@@ -225,16 +100,6 @@ class Block(nnx.Module):
     y, cache = self.attn.extend(self.attn_norm(x), state, cache, pos)
     x = x + y
     return x + self.mlp(self.mlp_norm(x)), cache
-
-
-def stages(cfg: ModelConfig) -> list[tuple[int, int]]:
-  """(first layer, count) of each run of identical layers: one run, but for memorizing's kNN
-  layer among Transformer-XL layers."""
-  if cfg.memory != "memorizing":
-    return [(0, cfg.num_layers)]
-  k = memories.knn_layer(cfg)
-  runs = [(0, k), (k, 1), (k + 1, cfg.num_layers - k - 1)]
-  return [(first, count) for first, count in runs if count]
 
 
 class Stage(nnx.Module):
@@ -310,25 +175,25 @@ class InfiniTransformer(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     self.dtype = DTYPES[cfg.dtype]
-    param_dtype = DTYPES[cfg.param_dtype]
+    param_dtype, s = DTYPES[cfg.param_dtype], cfg.shape
     # Embedding rows have unit scale: the input of the first norm, not of a matmul. Tied, they
     # are also the unembedding, whose logits would then start at std sqrt(D) (a loss of ~45 for
     # the 1b preset): scaled by D^-1/2, the first loss is near log(vocab) either way.
-    scale = cfg.d_model ** -0.5 if cfg.tie_embeddings else 1.0
+    scale = s.d_model ** -0.5 if s.tie_embeddings else 1.0
     self.embed = nnx.Param(
-        scale * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.d_model), param_dtype),
+        scale * jax.random.normal(rngs.params(), (s.vocab_size, s.d_model), param_dtype),
         sharding=(sh.VOCAB, sh.EMBED), eager_sharding=False)
     self.stages = nnx.List([Stage(cfg, first, count, rngs) for first, count in stages(cfg)])
     # Model-level parts, each wrapping the stack (infini_jax/memories/rmt.py), in the order they
     # enter: the token shift changes the inputs, RMT then puts memory tokens around them.
-    parts = [TokenShift(cfg.token_shift, cfg.d_model, cfg.token_shift_init, param_dtype)
-             ] if cfg.token_shift else []
+    shift = cfg.token_shift
+    parts = [TokenShift(shift.size, s.d_model, shift.init, param_dtype)] if shift.size else []
     if cfg.memory == "rmt":
-      parts.append(RMT(cfg.memory_tokens, cfg.d_model, self.dtype, param_dtype, rngs))
+      parts.append(RMT(cfg.rmt.memory_tokens, s.d_model, self.dtype, param_dtype, rngs))
     self.parts = nnx.List(parts)
-    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, param_dtype)
-    if not cfg.tie_embeddings:
-      self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,
+    self.final_norm = RMSNorm(s.d_model, s.norm_eps, param_dtype)
+    if not s.tie_embeddings:
+      self.unembed = param(rngs, (s.d_model, s.vocab_size), (sh.EMBED, sh.VOCAB), 0, 1,
                            param_dtype)
 
   def init_state(self, batch: int) -> State:
@@ -349,7 +214,7 @@ class InfiniTransformer(nnx.Module):
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states [B, T, D] -> float32 logits [B, T, W]."""
     h = self.final_norm(h)
-    if self.cfg.tie_embeddings:
+    if self.cfg.shape.tie_embeddings:
       out = dense.token_einsum("BTD,WD->BTW", h, dense.weight(self.embed, self.dtype))
     else:
       out = dense.token_einsum("BTD,DW->BTW", h, dense.weight(self.unembed, self.dtype))
@@ -392,7 +257,7 @@ class InfiniTransformer(nnx.Module):
     to `readout(model, hidden, extra_segment)`, whose [B, T, ...] outputs are joined back to [B, L].
     """
     B, L = tokens.shape
-    T = self.cfg.segment_len
+    T = self.cfg.shape.segment_len
     S = -(-L // T)
     if state is None:
       state = self.init_state(B)
@@ -421,13 +286,13 @@ class InfiniTransformer(nnx.Module):
     """sigmoid(β) [layers, heads] of the layers whose memory has a gate (the paper's Figure 3)."""
     rows = [g.value().reshape(-1, g.beta.shape[-1]) for _, g in nnx.iter_graph(self)
             if isinstance(g, Gate)]
-    return jnp.concatenate(rows) if rows else jnp.zeros((0, self.cfg.num_heads))
+    return jnp.concatenate(rows) if rows else jnp.zeros((0, self.cfg.shape.num_heads))
 
   def decays(self) -> jax.Array:
-    """γ [layers, kv heads] of model.memory_decay (empty without it)."""
+    """γ [layers, kv heads] of model.infini.decay (empty without it)."""
     rows = [d.value().reshape(-1, d.logit.shape[-1]) for _, d in nnx.iter_graph(self)
             if isinstance(d, Decay)]
-    return jnp.concatenate(rows) if rows else jnp.zeros((0, self.cfg.num_kv_heads))
+    return jnp.concatenate(rows) if rows else jnp.zeros((0, self.cfg.shape.num_kv_heads))
 
   # --- Decoding (infini_jax/generate.py): the segment scan, a few tokens at a time. ---
   # A segment's tokens read `state` (the memories of the completed segments) and the segment's
@@ -439,7 +304,7 @@ class InfiniTransformer(nnx.Module):
   def init_cache(self, batch: int) -> State:
     """Empty caches of one segment: per stage its layers' (stacked), over the segment and the
     positions the parts put around it; per part its own."""
-    T = self.cfg.segment_len
+    T = self.cfg.shape.segment_len
     width = T + sum(part.lead + part.trail for part in self.parts)
     return State(tuple(stage.init_cache(batch, width) for stage in self.stages),
                  tuple(part.init_cache(batch, T) for part in self.parts))
@@ -478,7 +343,7 @@ class InfiniTransformer(nnx.Module):
     if after:
       lead = sum(part.lead for part in self.parts)
       h, layers = self._extend_layers(jnp.concatenate(after, axis=1), state, cache,
-                                      lead + self.cfg.segment_len)
+                                      lead + self.cfg.shape.segment_len)
       cache, start = cache._replace(layers=layers), 0
       for i, part in enumerate(self.parts):
         written[i] = h[:, start:start + part.trail] if part.trail else None

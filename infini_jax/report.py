@@ -26,6 +26,7 @@ from infini_jax import evaluate  # noqa: E402
 from infini_jax.checkpoint import Checkpointer  # noqa: E402
 from infini_jax.data import pipeline  # noqa: E402
 from infini_jax.model import InfiniTransformer  # noqa: E402
+from infini_jax.model_config import nest  # noqa: E402
 
 
 def load_model(config, workdir: str, step: int | None = None) -> tuple[InfiniTransformer, int]:
@@ -75,7 +76,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None,
   out_dir = os.path.join(workdir, "eval", str(step))
   os.makedirs(out_dir, exist_ok=True)
   print(f"evaluating the checkpoint of step {step} in {directory}: {config.model_name}, "
-        f"memory={model_cfg.memory} rule={model_cfg.rule}, segment {model_cfg.segment_len}",
+        f"memory={model_cfg.memory} rule={model_cfg.infini.rule}, segment "
+        f"{model_cfg.shape.segment_len}",
         flush=True)
   # The embedded datasets are generated here, as the trainer does: a run with other data
   # settings (another passkey seed, a fresh data_dir) is evaluated without training first.
@@ -104,9 +106,22 @@ def _note_training_config(config, workdir: str) -> None:
     return
   with open(path) as f:
     trained = json.load(f).get("model", {})
-  current = config.model.to_dict()
+  if trained and "shape" not in trained:  # written before the model config had sections
+    trained = nest(trained)
+  current, trained = _dotted(config.model.to_dict()), _dotted(trained)
   for key in sorted(k for k in current if k in trained and trained[k] != current[k]):
     print(f"note: model.{key}={current[key]!r} here, {trained[key]!r} in training ({path})")
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+  """{"shape": {"d_model": 64}} -> {"shape.d_model": 64}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_dotted(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
 
 
 def write(name: str, evaluator: Any, metrics: dict[str, float], out_dir: str, step: int) -> str:
@@ -209,7 +224,7 @@ def gates_report(name: str, ev: evaluate.Gates, metrics: dict[str, float]):
   ax.set_ylabel("layer")
   ax.set_title(f"{name}: gate sigmoid(β)")
   fig.colorbar(image, ax=ax, label="0 local context ... 1 memory")
-  # model.memory_decay: γ per key/value head, how much of the memory each segment keeps.
+  # model.infini.decay: γ per key/value head, how much of the memory each segment keeps.
   decays = {}
   for k, v in metrics.items():
     if m := re.fullmatch(r"decay/layer(\d+)/head\d+", k):

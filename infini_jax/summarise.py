@@ -95,9 +95,10 @@ class Summarise:
     return np.array(out, np.int32)
 
   def run(self, model: nnx.Module) -> Iterator[tuple[str, float]]:
-    if self.tokenizer.vocab_size > model.cfg.vocab_size:
-      raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} ids but model.vocab_size "
-                       f"is {model.cfg.vocab_size}: use the tokenizer the model was trained with")
+    if self.tokenizer.vocab_size > model.cfg.shape.vocab_size:
+      raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} ids but "
+                       f"model.shape.vocab_size is {model.cfg.shape.vocab_size}: use the "
+                       "tokenizer the model was trained with")
     decoder = generate.Decoder(model, self.chunk_segments)
     pairs = self.books()
     prompts = [booksum.prompt(book, self.tokenizer, self.max_input_tokens) for book, _ in pairs]

@@ -80,7 +80,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     multihost_utils.sync_global_devices("data prepared")
     shuffle_seed = config.seed if config.data.shuffle_seed == -1 else config.data.shuffle_seed
     train_iter = pipeline.make_train_iterator(
-        config.data, config.seq_len, model_cfg.segment_len, config.batch_size, shuffle_seed,
+        config.data, config.seq_len, model_cfg.shape.segment_len, config.batch_size, shuffle_seed,
         jax.process_index(), jax.process_count())
 
     # --- Restore, or start fresh. ---
@@ -109,7 +109,8 @@ def _loop(config, workdir, setup, state, start, train_iter, ckpt, evaluators, wr
   peak = config.train.peak_flops or peaklib.job_peak()
   progress = metrics.Progress(total, start, tokens_per_step, 3 * model_cfg.flops_per_token(), peak)
   print(f"model {config.model_name}: {setup.num_params / 1e6:.2f}M parameters, "
-        f"memory={model_cfg.memory} rule={model_cfg.rule}, segment {model_cfg.segment_len}, training length "
+        f"memory={model_cfg.memory} rule={model_cfg.infini.rule}, segment "
+        f"{model_cfg.shape.segment_len}, training length "
         f"{config.seq_len}, batch {config.batch_size}, mesh {dict(setup.mesh.shape)}; steps "
         f"{start}..{total}", flush=True)
 

@@ -23,7 +23,7 @@ STEPS = 3
 
 
 def tiny_config(mesh):
-  c = configlib.defaults("tiny", num_layers=1, num_kv_heads=4, segment_len=16)
+  c = configlib.defaults("tiny", shape=dict(num_layers=1, num_kv_heads=4, segment_len=16))
   c.seq_len, c.batch_size = 32, 8
   c.mesh.update(data=mesh[0], fsdp=mesh[1], tensor=mesh[2])
   c.optimizer.update(lr=1e-2, warmup_steps=1)

@@ -31,8 +31,8 @@ def tiny_config(data, fsdp, tensor):
   c = configlib.defaults("tiny")  # 2 layers, 4 heads (2 kv) of 16, segment 64, bytes
   # d_model 256 (not tiny's 64): at 64 XLA merges the small gradients into one all-reduce
   # rather than reduce-scatter them, a choice it does not make at real sizes.
-  c.model.update(d_model=256, mlp_dim=768)  # no shard the size of an activation
-  c.seq_len = 2 * c.model.segment_len
+  c.model.shape.update(d_model=256, mlp_dim=768)  # no shard the size of an activation
+  c.seq_len = 2 * c.model.shape.segment_len
   c.batch_size = 8
   c.mesh = ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, tensor=tensor))
   return c
@@ -117,15 +117,15 @@ def test_tiny_model_fits_a_bound_from_its_shapes(compiled):
   assert report["usable_hbm_bytes"] == int(15.75 * 2**30)  # what libtpu says a v5e chip offers
   # Arguments: every array of the state and the batch (four [8 / fsdp 2, seq_len] arrays), each
   # at most as large as its TPU tiles.
-  B, T, S = 8 // 2, cfg.segment_len, config.seq_len // cfg.segment_len
+  B, T, S = 8 // 2, cfg.shape.segment_len, config.seq_len // cfg.shape.segment_len
   args_bound = sum(map(tile_bound, state_shards(config))) + 4 * tile_bound((B, config.seq_len))
   assert report["argument_bytes"] <= args_bound
   # Activations, generous: XLA keeps at most every layer's input for the whole sequence and,
   # within one segment, every layer's forward (q, k, v, attention output and [N, T, T] scores, the
   # MLP's three [T, F] arrays), the logits with their softmax and gradient, and every parameter's
   # gradient at full (unsharded) size; all float32, doubled for XLA's copies.
-  D, F, N, H, V, L = (cfg.d_model, cfg.mlp_dim, cfg.num_heads, cfg.head_dim, cfg.vocab_size,
-                      cfg.num_layers)
+  s = cfg.shape
+  D, F, N, H, V, L = s.d_model, s.mlp_dim, s.num_heads, s.head_dim, s.vocab_size, s.num_layers
   acts = 4 * B * (S * T * L * D + T * L * (8 * D + 4 * N * H + 3 * F + N * T) + 3 * T * V)
   grads = 4 * dry_run.estimate(config, cfg, device_count=4)["parameters"]
   assert report["temp_bytes"] <= 2 * (acts + grads)

@@ -1,7 +1,6 @@
 """The paper's baselines behind the segment-memory interface: each one's defining property, its
 footprint against the paper's Table 1 formula, and chunked streaming equal to one call."""
 
-import dataclasses
 import importlib
 
 import jax
@@ -17,23 +16,26 @@ from infini_jax.memories.memorizing import KNNStore, top_k_read
 from infini_jax.model import InfiniTransformer
 from tests.conftest import TINY
 
-T = TINY.segment_len
+T = TINY.shape.segment_len
+# Each memory's section of the model config.
 SETTINGS = dict(memorizing=dict(memory_size=3 * T, topk=4), compressive=dict(memory_size=6),
                 rmt=dict(memory_tokens=3))
 
 
-def model(memory, seed=0, **overrides):
-  cfg = dataclasses.replace(TINY, memory=memory, **{**SETTINGS.get(memory, {}), **overrides})
+def model(memory, seed=0, **changes):
+  """A tiny model of `memory` with its SETTINGS, and ModelConfig.replace's `changes`."""
+  cfg = TINY.replace(memory=memory, **{k: v for k, v in SETTINGS.items() if k == memory})
+  cfg = cfg.replace(**changes)
   return InfiniTransformer(cfg, rngs=nnx.Rngs(seed))
 
 
 def tokens(seed, length, batch=1):
-  return jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size)
+  return jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.shape.vocab_size)
 
 
 def changed_segment(x, s):
   """x with segment s (0-based) replaced."""
-  return x.at[:, s * T:(s + 1) * T].set((x[:, s * T:(s + 1) * T] + 5) % TINY.vocab_size)
+  return x.at[:, s * T:(s + 1) * T].set((x[:, s * T:(s + 1) * T] + 5) % TINY.shape.vocab_size)
 
 
 def seg(out, s):
@@ -56,20 +58,21 @@ def test_chunked_streaming_equals_one_call(memory):
 
 def test_full_attends_across_the_whole_input_local_only_inside_segments():
   x = tokens(1, 4 * T)
-  full = model("full", segment_len=4 * T)
+  full = model("full", shape=dict(segment_len=4 * T))
   local = model("local")
   y = changed_segment(x, 0)
   assert np.abs(seg(full(x)[0], 3) - seg(full(y)[0], 3)).max() > 1e-4
   np.testing.assert_array_equal(seg(local(x)[0], 1), seg(local(y)[0], 1))
   c = importlib.import_module("configs.pg19").get_config("runlocal,memory=full")
-  assert c.model.segment_len == c.seq_len
-  c.model.segment_len = c.seq_len // 2
+  assert c.model.shape.segment_len == c.seq_len
+  c.model.shape.segment_len = c.seq_len // 2
   with pytest.raises(ValueError, match="memory=full attends over the whole training length"):
     configlib.validate(c)
 
 
 def test_xl_sees_exactly_the_previous_segment_and_no_gradient_reaches_its_cache():
-  m = model("xl", num_layers=1)  # one layer: the receptive field is this segment and the last
+  # One layer: the receptive field is this segment and the last.
+  m = model("xl", shape=dict(num_layers=1))
   x = tokens(2, 3 * T)
   y = changed_segment(x, 0)
   out_x, out_y = m(x)[0], m(y)[0]
@@ -119,7 +122,7 @@ def test_memorizing_reads_the_exact_top_k_and_evicts_oldest_first():
 
 
 def test_memorizing_store_holds_the_latest_segments_keys():
-  m = model("memorizing", num_layers=2, knn_layer=1)
+  m = model("memorizing", shape=dict(num_layers=2), memorizing=dict(knn_layer=1))
   x = tokens(3, 4 * T)
   _, state = m(x)
   store = jax.tree.map(lambda a: a[0], state.layers[1].store)  # stage 1: the kNN layer alone
@@ -148,12 +151,13 @@ def test_rmt_carries_information_only_through_its_memory_tokens():
 
 
 def test_compressive_keeps_exactly_c_compressed_slots_of_pooled_states():
-  m = model("compressive", num_layers=1, compress_rate=4, memory_size=6)
+  m = model("compressive", shape=dict(num_layers=1),
+            compressive=dict(compress_rate=4, memory_size=6))
   x = tokens(5, 4 * T)
   _, s2 = m(x[:, :2 * T])
   _, s3 = m(x[:, 2 * T:3 * T], s2)
   cache = jax.tree.map(lambda a: a[0], s3.layers[0])  # the one layer of the stack
-  assert cache.coarse.shape == (1, 6, TINY.d_model)
+  assert cache.coarse.shape == (1, 6, TINY.shape.d_model)
   # Segment 2's layer inputs (the fine memory after two segments), mean-pooled by 4, are the
   # newest T/4 = 2 compressed slots; 6 slots keep the last 3 segments' worth.
   pooled = s2.layers[0].fine[0].reshape(1, T // 4, 4, -1).mean(2)
@@ -166,20 +170,20 @@ def test_compressive_keeps_exactly_c_compressed_slots_of_pooled_states():
 def test_state_size_is_the_papers_formula(memory):
   m = model(memory)
   cfg = m.cfg
-  D, H, K, l = cfg.d_model, cfg.head_dim, cfg.num_kv_heads, cfg.num_layers
+  D, H, K, l = cfg.shape.d_model, cfg.shape.head_dim, cfg.shape.num_kv_heads, cfg.shape.num_layers
   formula = {
       "infini": H * (H + 1) * K * l,  # d_key (d_value + 1) H l
       "xl": 2 * H * K * T * l,  # (d_key + d_value) H N l
       # (d_key + d_value) H M for the kNN layer, and an XL cache in every layer
-      "memorizing": 2 * H * K * cfg.memory_size + 2 * H * K * T * l,
-      "compressive": D * (cfg.memory_size + T) * l,  # d_model (c + N) l
-      "rmt": D * cfg.memory_tokens * l * 2,  # d_model p l 2
+      "memorizing": 2 * H * K * cfg.memorizing.memory_size + 2 * H * K * T * l,
+      "compressive": D * (cfg.compressive.memory_size + T) * l,  # d_model (c + N) l
+      "rmt": D * cfg.rmt.memory_tokens * l * 2,  # d_model p l 2
   }[memory]
   assert memories.footprint(cfg) == formula
   if memory != "rmt":  # RMT carries p tokens; its formula counts their activations in every layer
     assert m.state_size() == formula
   else:
-    assert m.state_size() == D * cfg.memory_tokens
+    assert m.state_size() == D * cfg.rmt.memory_tokens
 
 
 def test_table_2_memory_column():
@@ -201,7 +205,8 @@ def test_baselines_train_through_the_trainer_config():
   for memory in memories.MEMORIES:
     c = importlib.import_module("configs.pg19").get_config(f"runlocal,memory={memory}")
     assert configlib.validate(c, device_count=1).memory == memory
-  with pytest.raises(ValueError, match="memory=rmt needs model.memory_tokens"):
-    dataclasses.replace(TINY, memory="rmt")
-  with pytest.raises(ValueError, match="memorizing needs 1 <= model.topk"):
-    dataclasses.replace(TINY, memory="memorizing", memory_size=4, topk=8)
+  with pytest.raises(ValueError, match=r"model.rmt.memory_tokens=0: memory=rmt needs >= 1"):
+    TINY.replace(memory="rmt")
+  with pytest.raises(ValueError, match=r"model.memorizing.memory_size=4: memory=memorizing needs "
+                     "at least model.memorizing.topk=8"):
+    TINY.replace(memory="memorizing", memorizing=dict(memory_size=4, topk=8))

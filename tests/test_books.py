@@ -108,13 +108,15 @@ def test_text_filler_config_and_pipeline_kwargs(corpus):
 
 def test_configs_recipes():
   best = books_lm.get_config("memory=infini,recipe=best")
-  assert best.model.memory_decay and best.model.xl_cache and best.model.token_shift == 8
-  assert best.data.name == "text_files" and best.model.vocab_size == books_lm.VOCAB
+  assert best.model.infini.decay and best.model.infini.xl_cache
+  assert best.model.token_shift.size == 8
+  assert best.data.name == "text_files" and best.model.shape.vocab_size == books_lm.VOCAB
   xl = books_lm.get_config("memory=xl,recipe=best")
-  assert xl.model.token_shift == 8 and not xl.model.memory_decay  # the same input, no options
+  assert xl.model.token_shift.size == 8 and not xl.model.infini.decay  # the same input
   paper = books_lm.get_config("memory=infini,recipe=paper")
-  assert not paper.model.token_shift and paper.model.gate_init == 0.0
-  assert books_lm.get_config("memory=memorizing").model.memory_size == 16 * books_lm.SEGMENT
+  assert not paper.model.token_shift.size and paper.model.infini.gate_init == 0.0
+  memorizing = books_lm.get_config("memory=memorizing").model.memorizing
+  assert memorizing.memory_size == 16 * books_lm.SEGMENT
   with pytest.raises(ValueError, match="recipe one of"):
     books_lm.get_config("recipe=tuned")
   pk = books_passkey.get_config("memory=infini")

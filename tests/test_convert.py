@@ -5,7 +5,6 @@ with the memory off, the converted model must give its logits, which pins RoPE, 
 grouped-query conventions at once.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -25,15 +24,17 @@ from configs import models
 from infini_jax import config as configlib
 from infini_jax import convert, rope, trainer
 from infini_jax.checkpoint import restore_init_params
+from infini_jax.memories import InfiniConfig
 from infini_jax.memories.common import MemoryParam
+from infini_jax.model import InfiniTransformer, ModelConfig, Shape
 from tests.conftest import set_gates
-from infini_jax.model import InfiniTransformer, ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny Llama's shape; the "tiny" preset with vocab_size=300 and segment_len=32.
-CFG = ModelConfig(vocab_size=300, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
-                  head_dim=16, mlp_dim=128, segment_len=32, norm_eps=1e-5, gate_init=-4.0)
-PRESET_ARG = "tiny:vocab_size=300,segment_len=32"
+CFG = ModelConfig(Shape(vocab_size=300, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                        head_dim=16, mlp_dim=128, segment_len=32, norm_eps=1e-5),
+                  infini=InfiniConfig(gate_init=-4.0))
+PRESET_ARG = "tiny:shape.vocab_size=300,shape.segment_len=32"
 
 
 def hf_model(rope_scaling=None, seed=0):
@@ -41,10 +42,11 @@ def hf_model(rope_scaling=None, seed=0):
   default init (std 0.02, unit norms) leaves attention nearly uniform and the norms invisible."""
   torch.manual_seed(seed)
   config = transformers.LlamaConfig(
-      vocab_size=CFG.vocab_size, hidden_size=CFG.d_model, num_hidden_layers=CFG.num_layers,
-      num_attention_heads=CFG.num_heads, num_key_value_heads=CFG.num_kv_heads,
-      head_dim=CFG.head_dim, intermediate_size=CFG.mlp_dim, rope_theta=10_000.0,
-      rms_norm_eps=CFG.norm_eps, max_position_embeddings=256, tie_word_embeddings=False,
+      vocab_size=CFG.shape.vocab_size, hidden_size=CFG.shape.d_model,
+      num_hidden_layers=CFG.shape.num_layers,
+      num_attention_heads=CFG.shape.num_heads, num_key_value_heads=CFG.shape.num_kv_heads,
+      head_dim=CFG.shape.head_dim, intermediate_size=CFG.shape.mlp_dim, rope_theta=10_000.0,
+      rms_norm_eps=CFG.shape.norm_eps, max_position_embeddings=256, tie_word_embeddings=False,
       rope_scaling=rope_scaling)
   model = transformers.LlamaForCausalLM(config).eval()
   with torch.no_grad():
@@ -74,7 +76,7 @@ def load(out_dir, cfg):
 
 
 def tokens(length, seed=0, batch=2):
-  return jax.random.randint(jax.random.key(seed), (batch, length), 0, CFG.vocab_size)
+  return jax.random.randint(jax.random.key(seed), (batch, length), 0, CFG.shape.vocab_size)
 
 
 @pytest.fixture(scope="module")
@@ -99,9 +101,9 @@ def converted(hf_dir, tmp_path_factory):
 
 def test_memory_off_reproduces_transformers_logits(hf_dir, converted):
   # memory="local" has no gates: the converted ones are left out (and said so).
-  model, note = load(converted, dataclasses.replace(CFG, memory="local"))
+  model, note = load(converted, CFG.replace(memory="local"))
   assert "unused there: 1 memory parameters (stages/0/blocks/attn/memory/gate/beta" in note
-  x = tokens(CFG.segment_len)  # one whole segment: positions 0..31 as in transformers
+  x = tokens(CFG.shape.segment_len)  # one whole segment: positions 0..31 as in transformers
   ours = np.asarray(model(x)[0])
   want = hf_logits(hf_model(), x)
   assert np.abs(want).max() > 1.0  # the reference is not trivially small
@@ -115,10 +117,10 @@ def test_memory_off_reproduces_transformers_logits(hf_dir, converted):
 def test_memory_on_later_segments_depend_on_earlier_ones(converted):
   model, _ = load(converted, CFG)
   np.testing.assert_allclose(model.gates(), jax.nn.sigmoid(-4.0), rtol=1e-6)
-  local, _ = load(converted, dataclasses.replace(CFG, memory="local"))
-  T = CFG.segment_len
+  local, _ = load(converted, CFG.replace(memory="local"))
+  T = CFG.shape.segment_len
   x = tokens(3 * T)
-  y = x.at[:, :T].set((x[:, :T] + 1) % CFG.vocab_size)  # only the first segment differs
+  y = x.at[:, :T].set((x[:, :T] + 1) % CFG.shape.vocab_size)  # only the first segment differs
   for m, linked in [(model, True), (local, False)]:
     a, b = np.asarray(m(x)[0]), np.asarray(m(y)[0])
     assert np.isfinite(a).all()
@@ -170,14 +172,16 @@ def test_bad_checkpoints_are_refused_with_the_reason(hf_dir, tmp_path):
 
 
 def test_mismatched_preset_names_every_field(hf_dir, tmp_path):
-  wrong = dataclasses.replace(CFG, num_layers=3, head_dim=8, rope_theta=5e5, tie_embeddings=True)
+  wrong = CFG.replace(shape=dict(num_layers=3, head_dim=8, tie_embeddings=True),
+                      rope=dict(theta=5e5))
   with pytest.raises(ValueError) as e:
     convert.convert(hf_dir, str(tmp_path / "out"), wrong)
   message = str(e.value)
   assert "\n" not in message
-  for part in ["num_hidden_layers=2 but model.num_layers=3", "head_dim=16 but model.head_dim=8",
-               "rope_theta=10000.0 but model.rope_theta=500000.0",
-               "tie_word_embeddings=False but model.tie_embeddings=True"]:
+  for part in ["num_hidden_layers=2 but model.shape.num_layers=3",
+               "head_dim=16 but model.shape.head_dim=8",
+               "rope_theta=10000.0 but model.rope.theta=500000.0",
+               "tie_word_embeddings=False but model.shape.tie_embeddings=True"]:
     assert part in message, message
   # The command line says it in one line and exits non-zero.
   proc = subprocess.run(
@@ -186,8 +190,8 @@ def test_mismatched_preset_names_every_field(hf_dir, tmp_path):
       timeout=120)
   assert proc.returncode != 0
   assert "convert: error: the model config does not match" in proc.stderr
-  assert "hidden_size=64 but model.d_model=2048" in proc.stderr
-  assert "rope_scaling='none' but model.rope_scaling='llama3'" in proc.stderr
+  assert "hidden_size=64 but model.shape.d_model=2048" in proc.stderr
+  assert "rope_scaling='none' but model.rope.scaling='llama3'" in proc.stderr
 
 
 # The published config.json files (their model-shape fields), in the pre-transformers-5 layout.
@@ -244,30 +248,30 @@ def test_llama3_rope_scaling_reproduces_transformers_logits(tmp_path):
   # Llama 3.1/3.2 (and the 1b preset) rescale the RoPE frequencies: pinned end to end here.
   reference = hf_model(rope_scaling=dict(LLAMA3))
   reference.save_pretrained(str(tmp_path / "hf"))
-  cfg = dataclasses.replace(CFG, memory="local", rope_scaling="llama3", rope_scaling_factor=4.0,
-                            rope_original_max_len=64)
+  cfg = CFG.replace(memory="local", rope=dict(scaling="llama3", factor=4.0, original_max_len=64))
   out = convert.convert(str(tmp_path / "hf"), str(tmp_path / "out"), cfg)
   model, _ = load(out, cfg)
-  x = tokens(CFG.segment_len)
+  x = tokens(CFG.shape.segment_len)
   np.testing.assert_allclose(np.asarray(model(x)[0]), hf_logits(reference, x), atol=1e-4)
 
 
 def test_a_source_without_gates_gets_the_runs_gate_init(hf_dir, converted, tmp_path):
-  local = convert.convert(hf_dir, str(tmp_path / "local"), dataclasses.replace(CFG, memory="local"))
-  model, note = load(local, dataclasses.replace(CFG, gate_init=-3.0))
-  assert "it has no gates: 2 layers start at this run's model.gate_init β=-3" in note
+  local = convert.convert(hf_dir, str(tmp_path / "local"), CFG.replace(memory="local"))
+  model, note = load(local, CFG.replace(infini=dict(gate_init=-3.0)))
+  assert "it has no gates: 2 layers start at this run's model.infini.gate_init β=-3" in note
   want, _ = load(converted, CFG)
   np.testing.assert_array_equal(model.gates(), jax.nn.sigmoid(jnp.full((2, 4), -3.0)))
   np.testing.assert_array_equal(model.stages[0].blocks.attn.wo[...][1],
                                 want.stages[0].blocks.attn.wo[...][1])
   # Anything else the source lacks or has in another shape is an error, not a fresh init.
   with pytest.raises(ValueError, match=r"params unembed is \(64, 300\) there, missing here"):
-    load(local, dataclasses.replace(CFG, tie_embeddings=True))
+    load(local, CFG.replace(shape=dict(tie_embeddings=True)))
 
 
 def test_training_with_init_from_starts_from_the_converted_parameters(converted, tmp_path, capsys,
                                                                      monkeypatch):
-  c = configlib.defaults("tiny", vocab_size=300, segment_len=32, norm_eps=1e-5, gate_init=-3.0)
+  c = configlib.defaults("tiny", shape=dict(vocab_size=300, segment_len=32, norm_eps=1e-5),
+                         infini=dict(gate_init=-3.0))
   monkeypatch.chdir(os.path.dirname(converted))
   c.init_from = os.path.basename(converted)  # relative, as typed on a command line
   c.seq_len, c.batch_size = 64, 2
@@ -295,13 +299,14 @@ def test_init_from_must_exist(tmp_path):
 
 
 @pytest.mark.parametrize("option", [
-    dict(write_gate=True), dict(memory_scale=True), dict(memory_decay=True),
-    dict(query_gate=True), dict(token_shift=2), dict(xl_cache=True, memory_add=True),
-    dict(rule="deltanet")])
+    dict(infini=dict(write_gate=True)), dict(infini=dict(memory_scale=True)),
+    dict(infini=dict(decay=True)), dict(infini=dict(query_gate=True)),
+    dict(token_shift=dict(size=2)), dict(infini=dict(xl_cache=True, memory_add=True)),
+    dict(infini=dict(rule="deltanet"))])
 def test_init_from_a_converted_llm_into_every_option(converted, option):
   """The source has the LM's parameters and the gates; every parameter an option adds is a
   MemoryParam and starts fresh, however it is named (the old lists of names missed some)."""
-  cfg = dataclasses.replace(CFG, **option)
+  cfg = CFG.replace(**option)
   model, note = load(converted, cfg)
   want, _ = load(converted, CFG)
   np.testing.assert_array_equal(model.embed[...], want.embed[...])

@@ -20,8 +20,10 @@ from infini_jax.data import pipeline
 from infini_jax.model import InfiniTransformer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODEL = dict(d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
-             segment_len=16, remat="none")  # one layer, no remat: compiles fast
+# One layer, no remat: compiles fast.
+SHAPE = dict(d_model=32, num_layers=1, num_heads=4, num_kv_heads=2, head_dim=8, mlp_dim=64,
+             segment_len=16)
+MODEL = dict(remat="none", shape=SHAPE)
 PASSKEY = dict(lengths=(260, 400), positions=("start", "end"), samples=3, batch_size=2,
                chunk_segments=4, progress=False)
 
@@ -30,7 +32,7 @@ def tiny_config(data_dir: str, **model):
   """demo.py shrunk to seconds: the tiny model, python_code's small subset, short evals."""
   c = demo.get_config("runlocal")
   c.model.update(MODEL, **model)
-  c.seq_len, c.batch_size = 4 * c.model.segment_len, 2
+  c.seq_len, c.batch_size = 4 * c.model.shape.segment_len, 2
   c.data.update(subset="small", data_dir=data_dir)
   c.train.update(steps=2, log_every=1, eval_every=0, checkpoint_every=2, peak_flops=1e11)
   c.optimizer.warmup_steps = 1
@@ -47,7 +49,7 @@ def config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(config):
   model = InfiniTransformer(configlib.model_config(config), rngs=nnx.Rngs(0))
-  set_gates(model, jnp.linspace(-3.0, 3.0, MODEL["num_heads"]))
+  set_gates(model, jnp.linspace(-3.0, 3.0, SHAPE["num_heads"]))
   return model
 
 
@@ -100,7 +102,7 @@ def test_passkey_scorer():
 
 def test_gates_cover_every_head(results):
   _, metrics = results["gates"]
-  heads = MODEL["num_layers"] * MODEL["num_heads"]
+  heads = SHAPE["num_layers"] * SHAPE["num_heads"]
   assert metrics["heads_local"] + metrics["heads_mixed"] + metrics["heads_memory"] == heads
   assert metrics["heads_local"] == metrics["heads_memory"] == 1  # gates ±3: 0.05, 0.95
   assert len([k for k in metrics if k.startswith("gate/")]) == heads
@@ -133,7 +135,8 @@ def run_eval(*flags):
 def test_eval_py_end_to_end(config, trained, tmp_path):
   # A data_dir where nothing is prepared: eval.py generates the embedded dataset, as training does.
   fresh = str(tmp_path / "tfds")
-  overrides = [f"--config.model.{k}={v}" for k, v in MODEL.items()] + [
+  overrides = ["--config.model.remat=none"] + [
+      f"--config.model.shape.{k}={v}" for k, v in SHAPE.items()] + [
       f"--config.seq_len={config.seq_len}", "--config.data.subset=small",
       f"--config.data.data_dir={fresh}", "--config.evals.perplexity.max_tokens=120",
       "--config.evals.passkey.lengths=(260,)", "--config.evals.passkey.samples=1",
@@ -172,7 +175,7 @@ def test_bad_inputs_are_one_line_errors_that_say_what_to_do(config, trained, tmp
     report.evaluate_checkpoint(config, trained, step=5)
   error(ValueError, "was written by a model with a different shape: params .* is \\(.*32.*\\) "
         "there, \\(.*48.*\\) here .*use the config it was trained with",
-        tiny_config(config.data.data_dir, d_model=48))
+        tiny_config(config.data.data_dir, shape=dict(d_model=48)))
   empty = tiny_config(config.data.data_dir)
   empty.evals = ml_collections.ConfigDict()
   error(ValueError, "no evaluators .* add perplexity, passkey or gates entries", empty)
@@ -189,7 +192,7 @@ def test_bad_inputs_are_one_line_errors_that_say_what_to_do(config, trained, tmp
 def test_perplexity_on_passkey_prompts_that_fit_the_training_length(tmp_path, model):
   """passkey_length 0 ("fit the training window") is read with the config's seq_len."""
   c = tiny_config(str(tmp_path))
-  c.seq_len = 16 * c.model.segment_len  # 256 tokens: the shortest prompt takes 243
+  c.seq_len = 16 * c.model.shape.segment_len  # 256 tokens: the shortest prompt takes 243
   c.data.update(name="passkey", passkey_length=0, passkey_examples=4, passkey_eval_examples=2)
   pipeline.prepare_from_config(c.data, c.seq_len)
   ev = evaluate.Perplexity(c, split="validation", max_documents=2, chunk_len=32, batch_size=2)

@@ -1,6 +1,5 @@
 """experiments/compare.py: the Table 2 report reads every perplexity evaluator of finished runs."""
 
-import dataclasses
 import json
 import os
 
@@ -10,11 +9,23 @@ from configs import models
 from experiments import compare
 
 
-def write_run(runs, name, seed, metrics):
+# The tiny preset as a run's config.json had it before the model config had sections.
+FLAT_TINY = dict(
+    vocab_size=264, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+    mlp_dim=128, segment_len=64, memory="infini", rule="linear", gate_init=0.0,
+    rope_theta=10000.0, rope_scaling="none", rope_scaling_factor=1.0, rope_low_freq_factor=1.0,
+    rope_high_freq_factor=4.0, rope_original_max_len=8192, norm_eps=1e-05, tie_embeddings=False,
+    dtype="float32", param_dtype="float32", remat="full", attention_impl="blocked",
+    memory_size=0, topk=32, knn_layer=-1, compress_rate=4, memory_tokens=0, token_shift=0,
+    token_shift_init=1.0, memory_scale=False, write_gate=False, memory_decay=False,
+    xl_cache=False, query_gate=False, memory_add=False)
+
+
+def write_run(runs, name, seed, metrics, flat=False):
   run = os.path.join(runs, name, f"seed{seed}")
   os.makedirs(run)
   with open(os.path.join(run, "config.json"), "w") as f:
-    json.dump({"model": dataclasses.asdict(models.PRESETS["tiny"])}, f)
+    json.dump({"model": FLAT_TINY if flat else models.PRESETS["tiny"].to_dict()}, f)
   with open(os.path.join(run, "final_metrics.json"), "w") as f:
     json.dump(metrics, f)
 
@@ -27,7 +38,8 @@ def test_one_table_per_perplexity_evaluator(tmp_path):
         "eval/perplexity_long/ppl": b, "eval/perplexity_long/ppl_seg_129-256": b - 1})
     write_run(runs, "local", seed, {"eval/perplexity/ppl": a + 0.5,
                                     "eval/perplexity_long/ppl": b - 1})
-  write_run(runs, "full", 0, {"eval/perplexity/ppl": 9.0})  # no long evaluation: left out there
+  # No long evaluation: left out there. Written by an earlier version: a flat model config.
+  write_run(runs, "full", 0, {"eval/perplexity/ppl": 9.0}, flat=True)
   compare.main([runs])
   report = open(os.path.join(runs, "compare.md")).read()
   short, long = report.split("perplexity_long:")
@@ -81,13 +93,13 @@ def test_memory_ablation_empties_the_reads_of_the_layers_named(make_model):
   from experiments import memory_ablation
   from tests.conftest import TINY
 
-  T = TINY.segment_len
-  x = np.asarray(np.random.default_rng(0).integers(1, TINY.vocab_size, (2, 3 * T)))
+  T = TINY.shape.segment_len
+  x = np.asarray(np.random.default_rng(0).integers(1, TINY.shape.vocab_size, (2, 3 * T)))
   y = x.copy()
-  y[:, 0] = (y[:, 0] + 1) % TINY.vocab_size
+  y[:, 0] = (y[:, 0] + 1) % TINY.shape.vocab_size
   reaches, first = {}, {}
   for off in [(), (0,), (0, 1)]:
-    model = make_model(num_layers=2)
+    model = make_model(shape=dict(num_layers=2))
     memory_ablation.empty_reads(model, off)
     a, b = model(x)[0], model(y)[0]
     reaches[off] = float(np.abs(np.asarray(a[:, -T:]) - np.asarray(b[:, -T:])).max())
@@ -95,3 +107,84 @@ def test_memory_ablation_empties_the_reads_of_the_layers_named(make_model):
   assert reaches[()] > 1e-4 and reaches[(0,)] > 1e-4
   assert reaches[(0, 1)] == 0.0
   np.testing.assert_allclose(first[(0, 1)], first[()], rtol=1e-6, atol=1e-6)
+
+
+# experiments/python_lm.sh's default list, which experiments/python_lm.py replaced: MEMORY,
+# infini:RULE or MEMORY:RULE:OPTIONS, OPTIONS configs/python_lm.py's arguments joined by +.
+BASH_SPECS = """infini:linear local xl infini:linear:write_gate infini:linear:decay
+infini:linear:xl_cache infini:linear:decay+xl_cache infini:linear:gate_init=-3
+infini:linear:decay+gate_init=-3 infini:linear:decay+xl_cache+gate_init=-3
+infini:linear:query_gate infini:linear:decay+xl_cache+gate_init=-3+query_gate
+infini:linear:decay+gate_init=-3+memory_add infini:linear:decay+xl_cache+gate_init=-3+memory_add
+xl::token_shift=8 infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale
+xl::token_shift=8+shift_init=0
+infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale+shift_init=0
+infini:delta memorizing rmt full memorizing::token_shift=8+shift_init=0
+xl::token_shift=8+shift_init=0+segment=32
+infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale+shift_init=0+segment=32
+xl::token_shift=8+shift_init=0+segment=16
+infini:linear:decay+xl_cache+gate_init=-3+memory_add+token_shift=8+memory_scale+shift_init=0+segment=16
+local::token_shift=8+shift_init=0+segment=16 memorizing::token_shift=8+shift_init=0+segment=16"""
+
+
+def bash_run(spec: str, steps: int) -> tuple[str, str]:
+  """(run directory name, config argument) as the script made them from a spec."""
+  memory, rule, option = (spec.split(":") + ["", ""])[:3]
+  rule = rule or "linear"
+  name = memory + (f"_{rule}" if memory == "infini" else "")
+  name += "_" + option.replace("+", "_").replace("=", "_") if option else ""
+  arg = f"memory={memory},rule={rule},steps={steps}" + (
+      "," + option.replace("+", ",") if option else "")
+  return name, arg
+
+
+def test_python_lm_runs_are_the_scripts_with_the_same_names_and_configs():
+  """Every run keeps its directory name (existing runs and the docs name them) and its model:
+  the config the Python list gives validates and equals the script's, field by field."""
+  from configs import python_lm as config_file
+  from experiments import python_lm
+  from infini_jax import config as configlib
+
+  want = [bash_run(spec, 300) for spec in BASH_SPECS.split()]
+  assert [name for name, _ in python_lm.RUNS] == [name for name, _ in want]
+  assert len(want) == 29 and len(set(dict(want))) == 29
+  for (name, args), (_, bash_arg) in zip(python_lm.RUNS, want):
+    assert python_lm.name_of(args) == name
+    ours = config_file.get_config(python_lm.config_arg(args, 300))
+    configlib.validate(ours, device_count=1)
+    assert ours.to_dict() == config_file.get_config(bash_arg).to_dict(), name
+
+
+def test_python_lm_extra_runs_are_named_as_the_list_names_them():
+  from experiments import python_lm
+
+  runs = python_lm.select(["xl"], ["memory=xl,token_shift=8,train_len=4096",
+                                   "memory=infini,rule=delta,decay,gate_init=-3"])
+  assert [name for name, _ in runs] == ["xl", "xl_token_shift_8_train_len_4096",
+                                        "infini_delta_decay_gate_init_-3"]
+  assert python_lm.config_arg(runs[2][1], 10) == (
+      "memory=infini,rule=delta,steps=10,decay=true,gate_init=-3")
+  assert len(python_lm.select([], [])) == len(python_lm.RUNS)
+  with pytest.raises(ValueError, match="unknown run 'xll'"):
+    python_lm.select(["xll"], [])
+
+
+def test_python_lm_sweep_skips_finished_runs_and_stops_at_a_failure(tmp_path):
+  from experiments import python_lm
+
+  runs = [("xl", dict(memory="xl")), ("local", dict(memory="local"))]
+  os.makedirs(tmp_path / "xl" / "seed0")
+  (tmp_path / "xl" / "seed0" / "final_metrics.json").write_text("{}")
+  calls = []
+
+  def fake(cmd, stdout, stderr, code=0):
+    calls.append(cmd)
+    return type("Done", (), {"returncode": code})()
+
+  trained = python_lm.sweep(str(tmp_path), runs, [0, 1], 20, run=fake)
+  assert trained == [str(tmp_path / name / f"seed{s}") for s, name in
+                     [(0, "local"), (1, "xl"), (1, "local")]]
+  assert calls[0][1:] == ["train.py", "--config=configs/python_lm.py:memory=local,rule=linear,"
+                          "steps=20", "--config.seed=0", f"--workdir={tmp_path}/local/seed0"]
+  with pytest.raises(RuntimeError, match=r"local seed 2 failed \(exit 1\): see .*train.log"):
+    python_lm.sweep(str(tmp_path), runs[1:], [2], 20, run=lambda *a, **k: fake(*a, **k, code=1))

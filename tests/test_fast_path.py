@@ -57,10 +57,10 @@ def test_without_mask_every_row_agrees():
 
 def test_model_losses_and_gradients_agree():
   """The model (infini memory, 3 segments of 8, the last partial) under both impls."""
-  tokens = jax.random.randint(jax.random.key(1), (2, 21), 0, TINY.vocab_size)
+  tokens = jax.random.randint(jax.random.key(1), (2, 21), 0, TINY.shape.vocab_size)
   mask = jnp.arange(21)[None, :] < jnp.array([[21], [13]])
 
-  cfg = dataclasses.replace(TINY, num_layers=1, remat="none")
+  cfg = TINY.replace(remat="none", shape=dict(num_layers=1))
   params = jax.jit(lambda: nnx.state(InfiniTransformer(cfg, rngs=nnx.Rngs(0))))()
 
   def loss(params, impl):
@@ -78,7 +78,7 @@ def test_model_losses_and_gradients_agree():
 
 def test_unknown_impl_is_refused():
   with pytest.raises(ValueError, match="attention_impl"):
-    dataclasses.replace(TINY, attention_impl="flash")
+    TINY.replace(attention_impl="flash")
 
 
 def test_cudnn_is_chosen_only_on_gpu_in_16_bits():

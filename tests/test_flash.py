@@ -92,7 +92,7 @@ def test_the_model_with_pallas_attention_gives_the_blocked_loss(make_model):
   tokens = jax.random.randint(jax.random.key(1), (1, 201), 0, 64)
   nll = {}
   for impl in ("blocked", "pallas"):
-    model = make_model(num_layers=1, segment_len=128, attention_impl=impl)
+    model = make_model(attention_impl=impl, shape=dict(num_layers=1, segment_len=128))
     with flash_tpu.interpret():
       nll[impl] = jax.jit(lambda x: model.nll(x[:, :-1], x[:, 1:])[0])(tokens)
   if jax.default_backend() != "tpu":  # the kernel, not a fallback, ran above

@@ -1,6 +1,5 @@
 """The FLOP formulas behind every MFU figure, held to the matmuls the code runs (infini_jax/flops.py)."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -33,25 +32,26 @@ def test_matmul_flops_counts_dots_and_multiplies_a_scan_by_its_length():
 # adds a matmul. Segments of 64 fit in one attention query block, so the whole square is computed.
 CASES = {
     "infini": {},
-    "infini delta": dict(rule="delta"),
-    "infini deltanet": dict(rule="deltanet"),
-    "infini gates": dict(write_gate=True, query_gate=True, memory_scale=True, memory_decay=True),
-    "infini xl_cache": dict(xl_cache=True),
+    "infini delta": dict(infini=dict(rule="delta")),
+    "infini deltanet": dict(infini=dict(rule="deltanet")),
+    "infini gates": dict(infini=dict(write_gate=True, query_gate=True, memory_scale=True,
+                                     decay=True)),
+    "infini xl_cache": dict(infini=dict(xl_cache=True)),
     "local": dict(memory="local"),
     "xl": dict(memory="xl"),
-    "memorizing": dict(memory="memorizing", memory_size=64, topk=8),
-    "compressive": dict(memory="compressive", memory_size=8),
-    "rmt": dict(memory="rmt", memory_tokens=4),
+    "memorizing": dict(memory="memorizing", memorizing=dict(memory_size=64, topk=8)),
+    "compressive": dict(memory="compressive", compressive=dict(memory_size=8)),
+    "rmt": dict(memory="rmt", rmt=dict(memory_tokens=4)),
 }
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_model_flops_per_token_is_what_the_model_runs(case):
-  cfg = dataclasses.replace(models.PRESETS["tiny"], **CASES[case])
+  cfg = models.PRESETS["tiny"].replace(**CASES[case])
   model = InfiniTransformer(cfg, rngs=nnx.Rngs(0))
-  tokens = jax.ShapeDtypeStruct((2, 3 * cfg.segment_len), jnp.int32)
+  tokens = jax.ShapeDtypeStruct((2, 3 * cfg.shape.segment_len), jnp.int32)
   counted = flopslib.matmul_flops(lambda t: model.nll(t, t)[0], tokens)
-  assert counted == cfg.flops_per_token() * 2 * 3 * cfg.segment_len
+  assert counted == cfg.flops_per_token() * 2 * 3 * cfg.shape.segment_len
 
 
 def test_layer_flops_per_token_is_what_the_layer_runs():
@@ -67,11 +67,12 @@ def test_training_is_three_forwards_and_full_remat_adds_the_layers_once():
   # MFU's convention (training = 3 x forward, recomputation not counted), held to the code: each
   # matmul's backward is two of its size (the memory read's normalisation adds a sliver).
   tiny = models.PRESETS["tiny"]
-  plain = flopslib.step_flops(dataclasses.replace(tiny, remat="none"), 2, 2 * tiny.segment_len)
+  plain = flopslib.step_flops(tiny.replace(remat="none"), 2, 2 * tiny.shape.segment_len)
   assert plain["forward"] == plain["formula"]
   assert 3 * plain["forward"] <= plain["train"] < 3.01 * plain["forward"]
-  full = flopslib.step_flops(dataclasses.replace(tiny, remat="full"), 2, 2 * tiny.segment_len)
+  full = flopslib.step_flops(tiny.replace(remat="full"), 2, 2 * tiny.shape.segment_len)
   # Remat is per layer: at most each layer's forward runs again (what its backward needs), the
   # readout (unembedding) does not.
-  layers = full["forward"] - 2 * tiny.d_model * tiny.vocab_size * 2 * 2 * tiny.segment_len
+  s = tiny.shape
+  layers = full["forward"] - 2 * s.d_model * s.vocab_size * 2 * 2 * s.segment_len
   assert plain["train"] < full["train"] < 3.01 * full["forward"] + layers

@@ -1,6 +1,5 @@
 """Streaming generation: token by token equals one forward pass; batches; sampling."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +12,13 @@ from infini_jax.memories import Gate, GateParam
 from infini_jax.model import InfiniTransformer
 from tests.conftest import TINY
 
-T = TINY.segment_len
+T = TINY.shape.segment_len
 L = 5 * T + 6  # one sequence length for every reference pass: fewer compilations
 
 
 def tokens(seed, length, batch=2):
-  return np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 0, TINY.vocab_size))
+  return np.asarray(jax.random.randint(jax.random.key(seed), (batch, length), 0,
+                                       TINY.shape.vocab_size))
 
 
 def mixed_gates(model):
@@ -35,7 +35,7 @@ forward = nnx.jit(lambda model, x: model(x))  # the reference: one pass over the
 
 @pytest.fixture(scope="module")
 def delta_model():
-  return mixed_gates(InfiniTransformer(dataclasses.replace(TINY, rule="delta"), rngs=nnx.Rngs(0)))
+  return mixed_gates(InfiniTransformer(TINY.replace(infini=dict(rule="delta")), rngs=nnx.Rngs(0)))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def decoder(delta_model):
 
 @pytest.fixture(scope="module")
 def rmt_decoder():
-  return gen.Decoder(InfiniTransformer(dataclasses.replace(TINY, memory="rmt", memory_tokens=2),
+  return gen.Decoder(InfiniTransformer(TINY.replace(memory="rmt", rmt=dict(memory_tokens=2)),
                                        rngs=nnx.Rngs(0)))
 
 
@@ -83,8 +83,9 @@ def test_feeding_in_any_pieces_equals_one_forward_pass(delta_model, decoder):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("options", [dict(token_shift=3),  # fewer than a segment's tokens
-                                     dict(token_shift=11, memory_scale=True, write_gate=True)])
+@pytest.mark.parametrize("options", [
+    dict(token_shift=dict(size=3)),  # fewer than a segment's tokens
+    dict(infini=dict(memory_scale=True, write_gate=True), token_shift=dict(size=11))])
 def test_decoding_with_the_options_equals_one_forward_pass(make_model, options):
   """token_shift's ids before each token come from the cache inside a segment and from the state
   across boundaries (11 > T reaches two segments back); memory_scale and write_gate as scanned."""
@@ -134,7 +135,7 @@ def test_sampling_from_rmt_draws_tokens_by_seed(rmt_decoder):
   prompts = [tokens(5, T + 3, batch=1)[0], tokens(6, 2, batch=1)[0]]
   draw = lambda **kw: gen.generate(rmt_decoder, prompts, 2 * T, **kw)  # noqa: E731
   sampled = draw(temperature=1.0, top_p=0.9, seed=1)
-  assert sampled.shape == (2, 2 * T) and ((sampled >= 0) & (sampled < TINY.vocab_size)).all()
+  assert sampled.shape == (2, 2 * T) and ((sampled >= 0) & (sampled < TINY.shape.vocab_size)).all()
   np.testing.assert_array_equal(sampled, draw(temperature=1.0, top_p=0.9, seed=1))
   assert not np.array_equal(sampled, draw(temperature=1.0, top_p=0.9, seed=2))
   assert not np.array_equal(sampled, draw())
@@ -174,17 +175,19 @@ def randomise_memory_params(model, seed=0):
 
 
 EVERY_MEMORY = {
-    "infini_linear": {}, "infini_delta": dict(rule="delta"),
-    "infini_deltanet": dict(rule="deltanet"), "local": dict(memory="local"),
-    "full": dict(memory="full", segment_len=2 * T),  # one long segment, as full is trained
-    "xl": dict(memory="xl"), "memorizing": dict(memory="memorizing", memory_size=16, topk=4),
-    "compressive": dict(memory="compressive", memory_size=4, compress_rate=2),
-    "token_shift": dict(token_shift=3), "memory_scale": dict(memory_scale=True, rule="delta"),
-    "write_gate": dict(write_gate=True), "memory_decay": dict(memory_decay=True),
-    "xl_cache": dict(xl_cache=True), "query_gate": dict(query_gate=True),
-    "memory_add": dict(memory_add=True),
-    "rmt": dict(memory="rmt", memory_tokens=2),
-    "rmt_token_shift": dict(memory="rmt", memory_tokens=3, token_shift=3),
+    "infini_linear": {}, "infini_delta": dict(infini=dict(rule="delta")),
+    "infini_deltanet": dict(infini=dict(rule="deltanet")), "local": dict(memory="local"),
+    "full": dict(memory="full", shape=dict(segment_len=2 * T)),  # one segment, as full trains
+    "xl": dict(memory="xl"),
+    "memorizing": dict(memory="memorizing", memorizing=dict(memory_size=16, topk=4)),
+    "compressive": dict(memory="compressive", compressive=dict(memory_size=4, compress_rate=2)),
+    "token_shift": dict(token_shift=dict(size=3)),
+    "memory_scale": dict(infini=dict(memory_scale=True, rule="delta")),
+    "write_gate": dict(infini=dict(write_gate=True)), "memory_decay": dict(infini=dict(decay=True)),
+    "xl_cache": dict(infini=dict(xl_cache=True)), "query_gate": dict(infini=dict(query_gate=True)),
+    "memory_add": dict(infini=dict(memory_add=True)),
+    "rmt": dict(memory="rmt", rmt=dict(memory_tokens=2)),
+    "rmt_token_shift": dict(memory="rmt", rmt=dict(memory_tokens=3), token_shift=dict(size=3)),
 }
 
 
@@ -210,7 +213,7 @@ def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
   masked segment), then token by token across the next two: in float32 every logit is the
   forward pass's. RMT's read tokens enter each segment first, its write tokens at the flush."""
   model = randomise_memory_params(make_model(**EVERY_MEMORY[name]))
-  seg = model.cfg.segment_len
+  seg = model.cfg.shape.segment_len
   got, want, stream = decode_past_boundaries(model, seg)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   assert stream.pos == 3
@@ -219,7 +222,7 @@ def test_every_memory_and_option_decodes_as_one_forward_pass(make_model, name):
 def test_token_shift_state_ignores_the_padding_of_a_fed_chunk(make_model):
   """Issue 29, defect 5a: feed pads its last chunk with masked segments; the shift state must
   keep the last real ids, not the padding's (the logits were 0.73 off)."""
-  model = randomise_memory_params(make_model(segment_len=4, token_shift=1))
+  model = randomise_memory_params(make_model(shape=dict(segment_len=4), token_shift=dict(size=1)))
   x = tokens(12, 11)
   want, _ = forward(model, x)
   decoder = gen.Decoder(model, chunk_segments=4)

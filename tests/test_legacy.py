@@ -22,6 +22,7 @@ from flax import nnx
 from infini_jax import migrate
 from infini_jax.checkpoint import Checkpointer
 from infini_jax.model import InfiniTransformer
+from infini_jax.model_config import nest
 from tests.conftest import TINY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +38,8 @@ def name(path):
 def load(path):
   """(ModelConfig, the old parameters as a nested dict, the stored arrays)."""
   data = dict(np.load(path))
-  cfg = dataclasses.replace(TINY, **json.loads(str(data.pop("config"))))
+  # Stored as flat overrides, as the model config was then.
+  cfg = TINY.replace(**nest(json.loads(str(data.pop("config")))))
   old: dict = {}
   for key in [k for k in data if k.startswith("param/")]:
     *parents, leaf = key.split("/")[1:]
@@ -83,9 +85,9 @@ def test_migrated_parameters_compute_what_the_old_model_computed(path):
 def test_stacking_names_a_missing_parameter_and_a_wrong_shape():
   cfg, old, _ = load(os.path.join(ROOT, "tests", "data", "legacy_local.npz"))
   with pytest.raises(ValueError, match="lack blocks/0/attn/gate for .*: was this checkpoint"):
-    migrate.stack(old, dataclasses.replace(cfg, memory="infini"))
+    migrate.stack(old, cfg.replace(memory="infini"))
   with pytest.raises(ValueError, match="use the config the checkpoint was written with"):
-    migrate.stack(old, dataclasses.replace(cfg, mlp_dim=2 * cfg.mlp_dim))
+    migrate.stack(old, cfg.replace(shape=dict(mlp_dim=2 * cfg.shape.mlp_dim)))
 
 
 def test_the_command_line_rewrites_an_old_checkpoint(tmp_path):

@@ -1,7 +1,6 @@
 """The Infini memory (infini_jax/memories/infini.py) and its options' hooks against a float64
 NumPy transcription of the paper's equations (3)-(5)."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +10,6 @@ import pytest
 from infini_jax import memories
 from infini_jax.memories import infini, options
 from infini_jax.memories.infini import CompressiveMemory
-from infini_jax.model import ModelConfig
 from tests.conftest import TINY
 
 RULES = tuple(memories.RULES)
@@ -286,10 +284,10 @@ def test_sigma_is_exp_to_float32_precision_for_negative_inputs():
 
 
 def test_bad_rules_and_head_counts_name_what_is_wrong():
-  with pytest.raises(ValueError, match="unknown model.rule 'hebbian'"):
-    dataclasses.replace(TINY, rule="hebbian")
+  with pytest.raises(ValueError, match="model.infini.rule='hebbian': use one of"):
+    TINY.replace(infini=dict(rule="hebbian"))
   with pytest.raises(ValueError, match="must be a multiple of"):
-    ModelConfig(**{**dataclasses.asdict(TINY), "num_heads": 3})
+    TINY.replace(shape=dict(num_heads=3))
 
 
 def test_state_size_is_the_papers_formula():

@@ -72,8 +72,8 @@ def test_trainer_logs_mfu_against_the_library_peak(monkeypatch, tmp_path):
   # infini_jax.peak.mfu for the step time it logs.
   monkeypatch.setattr(peaklib, "measured_peak", lambda calls=2: 1.25e11)
   c = demo.get_config("runlocal")
-  c.model.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16, mlp_dim=64,
-                 segment_len=32)
+  c.model.shape.update(d_model=32, num_layers=1, num_heads=2, num_kv_heads=2, head_dim=16,
+                       mlp_dim=64, segment_len=32)
   c.seq_len, c.batch_size = 64, 2
   c.data.update(subset="small", data_dir=str(tmp_path / "tfds"))
   c.optimizer.warmup_steps = 1

@@ -1,6 +1,5 @@
 """The segment-recurrent LM: scan = loop, whole = chunked, causality, memory, gradients."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -9,22 +8,22 @@ import optax
 import pytest
 from flax import nnx
 
-from infini_jax.model import InfiniTransformer, ModelConfig
+from infini_jax.model import InfiniTransformer
 from tests.conftest import TINY, set_gates
 
 
-def tokens(seed, length, batch=2, vocab=TINY.vocab_size):
+def tokens(seed, length, batch=2, vocab=TINY.shape.vocab_size):
   return jax.random.randint(jax.random.key(seed), (batch, length), 0, vocab)
 
 
 @pytest.mark.parametrize("rule", ["linear", "delta"])
 def test_scan_equals_python_loop_over_segments(make_model, rule):
-  model = make_model(rule=rule)
-  x = tokens(0, 4 * TINY.segment_len)
+  model = make_model(infini=dict(rule=rule))
+  x = tokens(0, 4 * TINY.shape.segment_len)
   logits, state = model(x)
   loop_state, loop_logits = model.init_state(2), []
   for s in range(4):
-    seg = x[:, s * TINY.segment_len:(s + 1) * TINY.segment_len]
+    seg = x[:, s * TINY.shape.segment_len:(s + 1) * TINY.shape.segment_len]
     h, loop_state = model.segment(seg, loop_state, jnp.ones(seg.shape, bool))
     loop_logits.append(model.logits(h))
   np.testing.assert_allclose(logits, jnp.concatenate(loop_logits, 1), rtol=1e-5, atol=1e-5)
@@ -35,7 +34,7 @@ def test_scan_equals_python_loop_over_segments(make_model, rule):
 @pytest.mark.parametrize("remat", ["none", "full", "dots"])
 def test_whole_sequence_equals_chunked_calls(make_model, remat):
   model = make_model(remat=remat)
-  T = TINY.segment_len
+  T = TINY.shape.segment_len
   x = tokens(1, 6 * T + 3)  # ends in a partial segment
   whole, whole_state = model(x)
   state, parts = None, []
@@ -54,10 +53,10 @@ def test_whole_sequence_equals_chunked_calls(make_model, remat):
 def test_changing_a_token_changes_no_earlier_output(make_model):
   model = make_model()
   set_gates(model, 2.0)  # mostly memory: leaks through the memory path would show
-  x = tokens(2, 5 * TINY.segment_len, batch=1)
+  x = tokens(2, 5 * TINY.shape.segment_len, batch=1)
   base, _ = model(x)
-  for t in (3, TINY.segment_len + 2, 3 * TINY.segment_len):
-    changed, _ = model(x.at[0, t].set((x[0, t] + 1) % TINY.vocab_size))
+  for t in (3, TINY.shape.segment_len + 2, 3 * TINY.shape.segment_len):
+    changed, _ = model(x.at[0, t].set((x[0, t] + 1) % TINY.shape.vocab_size))
     np.testing.assert_array_equal(changed[:, :t], base[:, :t])
     assert not np.allclose(changed[:, t], base[:, t])
 
@@ -65,9 +64,9 @@ def test_changing_a_token_changes_no_earlier_output(make_model):
 def test_memory_carries_information_only_through_the_state(make_model):
   model = make_model()
   set_gates(model, 0.0)
-  T = TINY.segment_len
+  T = TINY.shape.segment_len
   x = tokens(3, 3 * T, batch=1)
-  y = x.at[:, :T].set((x[:, :T] + 7) % TINY.vocab_size)  # only segment 1 differs
+  y = x.at[:, :T].set((x[:, :T] + 7) % TINY.shape.vocab_size)  # only segment 1 differs
   out_x, _ = model(x)
   out_y, _ = model(y)
   assert np.abs(out_x[:, 2 * T:] - out_y[:, 2 * T:]).max() > 1e-3
@@ -82,11 +81,11 @@ def test_memory_carries_information_only_through_the_state(make_model):
 
 def test_gradients_reach_earlier_segments_and_gates_through_memory(make_model):
   model = make_model()
-  T = TINY.segment_len
+  T = TINY.shape.segment_len
   # Segment 1 uses token ids 0..7 only; segments 2-3 never do, so the gradient on those embedding
   # rows can only come through the memory written in segment 1.
   seg1 = jnp.arange(T)[None] % 8
-  rest = 8 + tokens(4, 2 * T, batch=1, vocab=TINY.vocab_size - 8)
+  rest = 8 + tokens(4, 2 * T, batch=1, vocab=TINY.shape.vocab_size - 8)
   x = jnp.concatenate([seg1, rest], 1)
   loss_mask = jnp.arange(3 * T)[None] >= 2 * T  # loss on segment 3 only
 
@@ -103,8 +102,8 @@ def test_gradients_reach_earlier_segments_and_gates_through_memory(make_model):
 
 
 def test_million_token_stream_in_bfloat16_stays_finite(make_model):
-  model = make_model(dtype="bfloat16", segment_len=512, num_layers=1, d_model=16, mlp_dim=32,
-                     num_heads=2, num_kv_heads=1)
+  model = make_model(dtype="bfloat16", shape=dict(segment_len=512, num_layers=1, d_model=16,
+                                                  mlp_dim=32, num_heads=2, num_kv_heads=1))
   set_gates(model, 0.0)
   chunk = 1 << 16
   step = nnx.jit(lambda m, x, s: m(x, s))
@@ -120,17 +119,17 @@ def test_million_token_stream_in_bfloat16_stays_finite(make_model):
 def test_state_size_is_independent_of_length(make_model):
   model = make_model()
   sizes = set()
-  for length in (TINY.segment_len, 7 * TINY.segment_len + 1):
+  for length in (TINY.shape.segment_len, 7 * TINY.shape.segment_len + 1):
     _, state = model(tokens(5, length))
     sizes.add(sum(leaf.size for leaf in jax.tree.leaves(state)))
-  K, H = TINY.num_kv_heads, TINY.head_dim
+  K, H = TINY.shape.num_kv_heads, TINY.shape.head_dim
   per_layer = K * (H * H + H)  # M [K, H, V] and z [K, H], V = H
-  assert sizes == {2 * TINY.num_layers * per_layer}  # batch 2
+  assert sizes == {2 * TINY.shape.num_layers * per_layer}  # batch 2
 
 
 def test_parameter_count_is_independent_of_segment_length():
   def count(segment_len):
-    cfg = dataclasses.replace(TINY, segment_len=segment_len)
+    cfg = TINY.replace(shape=dict(segment_len=segment_len))
     shapes = nnx.eval_shape(lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
     return sum(x.size for x in jax.tree.leaves(nnx.state(shapes, nnx.Param)))
 
@@ -139,7 +138,7 @@ def test_parameter_count_is_independent_of_segment_length():
 
 def test_tiny_model_overfits_one_batch(make_model):
   model = make_model()
-  x = tokens(6, 4 * TINY.segment_len + 1)
+  x = tokens(6, 4 * TINY.shape.segment_len + 1)
   optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
 
   @nnx.jit
@@ -153,11 +152,11 @@ def test_tiny_model_overfits_one_batch(make_model):
 
 
 def test_bad_config_is_refused():
-  with pytest.raises(ValueError, match="unknown model.remat"):
-    dataclasses.replace(TINY, remat="sometimes")
-  with pytest.raises(ValueError, match="unknown model.memory 'lstm'"):
-    dataclasses.replace(TINY, memory="lstm")
-  with pytest.raises(ValueError, match="unknown model.rule"):
-    dataclasses.replace(TINY, rule="hebbian")
-  with pytest.raises(ValueError, match="must be a multiple of model.num_kv_heads=3"):
-    dataclasses.replace(TINY, num_kv_heads=3)
+  with pytest.raises(ValueError, match="model.remat='sometimes': use one of"):
+    TINY.replace(remat="sometimes")
+  with pytest.raises(ValueError, match="model.memory='lstm': use one of"):
+    TINY.replace(memory="lstm")
+  with pytest.raises(ValueError, match="model.infini.rule='hebbian'"):
+    TINY.replace(infini=dict(rule="hebbian"))
+  with pytest.raises(ValueError, match="must be a multiple of model.shape.num_kv_heads=3"):
+    TINY.replace(shape=dict(num_kv_heads=3))

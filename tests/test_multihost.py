@@ -18,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config=configs/demo.py:runlocal", "--config.data.subset=small",
         "--config.train.steps=3", "--config.optimizer.warmup_steps=1",
         "--config.train.log_every=1", "--config.train.eval_every=0",
-        "--config.train.checkpoint_every=3", "--config.model.d_model=32",
-        "--config.model.num_layers=1", "--config.model.num_heads=2", "--config.model.num_kv_heads=2",
-        "--config.model.head_dim=16", "--config.model.mlp_dim=64", "--config.model.segment_len=32",
+        "--config.train.checkpoint_every=3", "--config.model.shape.d_model=32",
+        "--config.model.shape.num_layers=1", "--config.model.shape.num_heads=2",
+        "--config.model.shape.num_kv_heads=2", "--config.model.shape.head_dim=16",
+        "--config.model.shape.mlp_dim=64", "--config.model.shape.segment_len=32",
         "--config.seq_len=64", "--config.batch_size=4", "--config.train.peak_flops=1e11"]
 
 

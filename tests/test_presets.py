@@ -24,8 +24,9 @@ def test_llama_presets_match_published_sizes(name, published):
 
 def test_paper_lm_shape():
   cfg = models.PRESETS["paper_lm"]
-  assert (cfg.num_layers, cfg.num_heads, cfg.head_dim, cfg.mlp_dim, cfg.segment_len) == (
-      12, 8, 128, 4096, 2048)
+  s = cfg.shape
+  assert (s.num_layers, s.num_heads, s.head_dim, s.mlp_dim, s.segment_len) == (12, 8, 128, 4096,
+                                                                               2048)
 
 
 def test_unknown_preset_is_refused():
@@ -38,8 +39,9 @@ def test_dry_run_bytes_match_hand_computation():
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=16, tensor=4))
   cfg = configlib.model_config(config)
   r = dry_run.estimate(config, cfg, device_count=64)
-  D, N, K, H, F, L, W = (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim,
-                         cfg.num_layers, cfg.vocab_size)
+  s = cfg.shape
+  D, N, K, H, F, L, W = (s.d_model, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim,
+                         s.num_layers, s.vocab_size)
   # Matrices split 16 (fsdp, over embed) x 4 (tensor, over heads / mlp / vocab) = 64 ways;
   # norm scales only over fsdp, gates only over tensor. float32 parameters.
   matrices = W * D + L * (2 * D * N * H + 2 * D * K * H + 3 * D * F)

@@ -26,8 +26,9 @@ from infini_jax.model import REMAT_POLICIES, ModelConfig
 
 
 def init(cfg: ModelConfig, key: jax.Array) -> dict:
-  D, N, K, H, F = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.mlp_dim
-  keys = iter(jax.random.split(key, 7 * cfg.num_layers + 2))
+  s = cfg.shape
+  D, N, K, H, F = s.d_model, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim
+  keys = iter(jax.random.split(key, 7 * cfg.shape.num_layers + 2))
 
   def normal(*shape, fan_in):
     return jax.random.normal(next(keys), shape) * fan_in ** -0.5
@@ -36,16 +37,16 @@ def init(cfg: ModelConfig, key: jax.Array) -> dict:
                  wv=normal(D, K, H, fan_in=D), wo=normal(N, H, D, fan_in=N * H),
                  w_gate=normal(D, F, fan_in=D), w_up=normal(D, F, fan_in=D),
                  w_down=normal(F, D, fan_in=F))
-            for _ in range(cfg.num_layers)]
-  return dict(layers=layers, embed=normal(cfg.vocab_size, D, fan_in=D),
-              unembed=normal(D, cfg.vocab_size, fan_in=D))
+            for _ in range(cfg.shape.num_layers)]
+  return dict(layers=layers, embed=normal(cfg.shape.vocab_size, D, fan_in=D),
+              unembed=normal(D, cfg.shape.vocab_size, fan_in=D))
 
 
 def _layer(cfg: ModelConfig, p: dict, x: jax.Array, M: jax.Array, z: jax.Array):
   """x [B, T, D], memory M [B, K, H, H], z [B, K, H] -> (x, M, z)."""
   B, T, D = x.shape
-  K, H = cfg.num_kv_heads, cfg.head_dim
-  G = cfg.num_heads // K
+  K, H = cfg.shape.num_kv_heads, cfg.shape.head_dim
+  G = cfg.shape.num_heads // K
   rows = x.reshape(B * T, D)
   q = jnp.einsum("XD,DNH->XNH", rows, p["wq"]).reshape(B, T, K, G, H)
   k = jnp.einsum("XD,DKH->XKH", rows, p["wk"]).reshape(B, T, K, H)
@@ -67,11 +68,11 @@ def _layer(cfg: ModelConfig, p: dict, x: jax.Array, M: jax.Array, z: jax.Array):
 
 def loss_fn(cfg: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
   """tokens [B, L], L a multiple of the segment -> a scalar, through the segment scan."""
-  if cfg.memory != "infini" or cfg.rule != "linear":
+  if cfg.memory != "infini" or cfg.infini.rule != "linear":
     raise ValueError("the skeleton has the matmuls of the infini memory's linear rule only; got "
-                     f"memory={cfg.memory!r}, rule={cfg.rule!r}")
+                     f"memory={cfg.memory!r}, rule={cfg.infini.rule!r}")
   B, L = tokens.shape
-  T, K, H = cfg.segment_len, cfg.num_kv_heads, cfg.head_dim
+  T, K, H = cfg.shape.segment_len, cfg.shape.num_kv_heads, cfg.shape.head_dim
   x = jnp.take(params["embed"], tokens, axis=0)  # [B, L, D]
   segments = jnp.moveaxis(x.reshape(B, L // T, T, -1), 1, 0)  # [S, B, T, D]
 
@@ -86,7 +87,7 @@ def loss_fn(cfg: ModelConfig, params: dict, tokens: jax.Array) -> jax.Array:
   policy = REMAT_POLICIES[cfg.remat]
   if cfg.remat != "none":
     step = jax.checkpoint(step, policy=policy, prevent_cse=False)
-  empty = [(jnp.zeros((B, K, H, H)), jnp.zeros((B, K, H))) for _ in range(cfg.num_layers)]
+  empty = [(jnp.zeros((B, K, H, H)), jnp.zeros((B, K, H))) for _ in range(cfg.shape.num_layers)]
   _, losses = jax.lax.scan(lambda m, x: step(params, m, x), empty, segments)
   return jnp.mean(losses)
 

@@ -36,7 +36,7 @@ def gate_param(value: jax.Array, names) -> GateParam:
 class Gate(nnx.Module):
   """The paper's eq. 6: A = g·A_mem + (1 - g)·A_dot with g = sigmoid(β), one β per query head.
 
-  additive (model.memory_add): g·A_mem + A_dot, so that a head keeps its whole local output,
+  additive (model.infini.memory_add): g·A_mem + A_dot, so that a head keeps its whole local output,
   also in the first segment, whose memory is empty.
   """
 

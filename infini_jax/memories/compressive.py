@@ -11,6 +11,7 @@ d_model · (c + N) numbers.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -18,6 +19,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax.memories.common import KVCache, attend, causal_visible, fifo, segment_visible
+from infini_jax.sections import need
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressiveConfig:
+  """model.compressive: the compressed slots (memory=compressive needs memory_size >= 1) and the
+  rate, fine tokens per compressed slot (it must divide model.shape.segment_len)."""
+
+  memory_size: int = 0
+  compress_rate: int = 4
+
+  def __post_init__(self):
+    need(self.memory_size >= 0, "compressive.memory_size", self.memory_size, "must be >= 0")
+    need(self.compress_rate >= 1, "compressive.compress_rate", self.compress_rate,
+         "must be >= 1")
 
 
 class CompressiveCache(NamedTuple):

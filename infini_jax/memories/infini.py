@@ -21,6 +21,7 @@ q and k before σ, each token's write weight, and the memory before the write.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -28,6 +29,40 @@ import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax.memories.common import Gate, KVCache
+from infini_jax.sections import is_finite, need
+
+RULE_NAMES = ("linear", "delta", "deltanet")  # Linear, Delta, options.DeltaNet
+# The options beyond the paper (infini_jax/memories/options.py), each off by default.
+OPTIONS = ("memory_scale", "write_gate", "decay", "xl_cache", "query_gate", "memory_add")
+
+
+@dataclasses.dataclass(frozen=True)
+class InfiniConfig:
+  """model.infini: the update rule, the gates' start β (sigmoid(β) is the memory read's share),
+  and the options beyond the paper (docs/RESULTS.md measures them), each explained in
+  options.py: memory_scale (MemoryScale), write_gate (WriteGate), decay (Decay), query_gate
+  (QueryGate), memory_add (Gate's additive mix), xl_cache (the context is Transformer-XL's: the
+  segment and the one before) and rule=deltanet (DeltaNet)."""
+
+  rule: str = "linear"
+  gate_init: float = 0.0
+  memory_scale: bool = False
+  write_gate: bool = False
+  decay: bool = False
+  xl_cache: bool = False
+  query_gate: bool = False
+  memory_add: bool = False
+
+  def __post_init__(self):
+    need(self.rule in RULE_NAMES, "infini.rule", self.rule, f"use one of {RULE_NAMES}")
+    need(is_finite(self.gate_init), "infini.gate_init", self.gate_init, "must be a finite number")
+    need(not (self.memory_scale and self.rule == "deltanet"), "infini.memory_scale",
+         self.memory_scale, "has no effect with rule='deltanet', whose features are unit length "
+         "whatever the scale: turn one of them off")
+
+  def options(self) -> list[str]:
+    """The options that are on."""
+    return [name for name, on in dataclasses.asdict(self).items() if name in OPTIONS and on]
 
 
 class CompressiveMemory(NamedTuple):

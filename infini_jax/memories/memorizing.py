@@ -12,6 +12,7 @@ layer: (d_key + d_value) · H · (M + N) numbers, the store and its XL cache.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -20,6 +21,27 @@ from flax import nnx
 
 from infini_jax.memories.common import Gate, KVCache, fifo
 from infini_jax.memories.xl import XL, XLCache
+from infini_jax.sections import is_finite, need
+
+
+@dataclasses.dataclass(frozen=True)
+class MemorizingConfig:
+  """model.memorizing: the kNN store's entries per key/value head (memory=memorizing needs
+  memory_size >= topk), the keys each query reads, the kNN layer (-1: 3/4 deep, the 9th of 12
+  layers as in Memorizing Transformers) and its gate's start β."""
+
+  memory_size: int = 0
+  topk: int = 32
+  knn_layer: int = -1
+  gate_init: float = 0.0
+
+  def __post_init__(self):
+    need(self.memory_size >= 0, "memorizing.memory_size", self.memory_size, "must be >= 0")
+    need(self.topk >= 1, "memorizing.topk", self.topk, "must be >= 1")
+    need(self.knn_layer >= -1, "memorizing.knn_layer", self.knn_layer,
+         "must be a layer index, or -1 for 3/4 deep")
+    need(is_finite(self.gate_init), "memorizing.gate_init", self.gate_init,
+         "must be a finite number")
 
 
 class KNNStore(NamedTuple):

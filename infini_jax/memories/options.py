@@ -45,7 +45,8 @@ class Option(nnx.Module):
 
 
 class MemoryScale(Option):
-  """model.memory_scale: q and k times exp(s) before σ, s learned per key/value head (0 at init).
+  """model.infini.memory_scale: q and k times exp(s) before σ, s learned per key/value head (0 at
+  init).
 
   σ = ELU + 1 is positive, so every stored key overlaps every query: a growing scale drives the
   features of opposite signs towards 0, so a retrieval can stay sharp while unrelated tokens pile
@@ -65,10 +66,10 @@ class MemoryScale(Option):
 
 
 class WriteGate(Option):
-  """model.write_gate: each token writes with strength sigmoid(k·w + b) per key/value head, so
-  that tokens worth nothing later (filler) need not pile up in M and z. From k, not x, so that
-  decoding's cache holds all a write needs. Zero at init: every token writes with 1/2, which for
-  linear and delta scales M and z alike and so reads exactly as the paper's memory."""
+  """model.infini.write_gate: each token writes with strength sigmoid(k·w + b) per key/value
+  head, so that tokens worth nothing later (filler) need not pile up in M and z. From k, not x, so
+  that decoding's cache holds all a write needs. Zero at init: every token writes with 1/2, which
+  for linear and delta scales M and z alike and so reads exactly as the paper's memory."""
 
   def __init__(self, num_kv_heads: int, head_dim: int):
     self.w = gate_param(jnp.zeros((num_kv_heads, head_dim)), (sh.KV_HEADS, sh.HEAD_DIM))
@@ -83,7 +84,7 @@ class WriteGate(Option):
 
 
 class Decay(Option):
-  """model.memory_decay: M and z fade by γ = sigmoid(a) per key/value head before each segment's
+  """model.infini.decay: M and z fade by γ = sigmoid(a) per key/value head before each segment's
   write, so that with the linear rule the read weighs segment s-j by γ^j: a recency-weighted
   summary whose sharpness does not wash out as the stream grows. The heads start at half-lives
   spread from 1 to about 20 segments (γ from 0.5 to 0.97); a segment of padding fades nothing."""
@@ -102,8 +103,8 @@ class Decay(Option):
 
 
 class QueryGate(Gate):
-  """model.query_gate: the gate is sigmoid(β + q·w) per token and head, q before RoPE, so that a
-  head can read the memory for some tokens and its local context for others. w is 0 at init:
+  """model.infini.query_gate: the gate is sigmoid(β + q·w) per token and head, q before RoPE, so
+  that a head can read the memory for some tokens and its local context for others. w is 0 at init:
   the gate starts as the paper's."""
 
   def __init__(self, num_heads: int, head_dim: int, init: float, additive: bool = False):

@@ -16,12 +16,44 @@ tokens, D model dim.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax import sharding as sh
 from infini_jax.memories.common import MemoryParam, write_cache
+from infini_jax.sections import is_finite, need
+
+
+@dataclasses.dataclass(frozen=True)
+class RMTConfig:
+  """model.rmt: the memory tokens read before and written after each segment (memory=rmt needs
+  at least 1; the paper's RMT uses 100s)."""
+
+  memory_tokens: int = 0
+
+  def __post_init__(self):
+    need(self.memory_tokens >= 0, "rmt.memory_tokens", self.memory_tokens, "must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenShiftConfig:
+  """model.token_shift, an option beyond the paper for any memory (off: size 0): the input of
+  token t also gets the embeddings of tokens t-1..t-size, each with a learned per-channel weight
+  that starts at `init` (TokenShift). 1 gives the first layer a bag of the last size + 1 tokens,
+  in which the current one is not yet told apart; 0 starts as the model without the shift and
+  lets the gradient bring the previous tokens in (docs/RESULTS.md measures both)."""
+
+  size: int = 0
+  init: float = 1.0
+
+  def __post_init__(self):
+    need(self.size >= 0, "token_shift.size", self.size, "must be >= 0 (0 turns it off)")
+    need(is_finite(self.init), "token_shift.init", self.init, "must be a finite number")
+    need(self.init == 1.0 or self.size > 0, "token_shift.init", self.init,
+         "has no effect without model.token_shift.size: set the size > 0 or leave the init at 1")
 
 
 class RMT(nnx.Module):
@@ -74,10 +106,11 @@ class RMT(nnx.Module):
 
 
 class TokenShift(nnx.Module):
-  """model.token_shift: the input of token t also gets the embeddings of tokens t-1..t-S, each
-  with a learned per-channel weight, carried across segments in the state, so that a key written
-  to memory can say what came before it (a one-layer induction key). `init` 1 gives the first
-  layer a bag of the last S + 1 tokens; 0 starts as the model without the shift."""
+  """model.token_shift (TokenShiftConfig): the input of token t also gets the embeddings of
+  tokens t-1..t-S, each with a learned per-channel weight, carried across segments in the state,
+  so that a key written to memory can say what came before it (a one-layer induction key). `init`
+  1 gives the first layer a bag of the last S + 1 tokens; 0 starts as the model without the
+  shift."""
 
   def __init__(self, shift: int, d_model: int, init: float, param_dtype):
     self.S = shift
