@@ -52,8 +52,7 @@ def get_config(arg=None):
   # must be a product of the torus's axes (4 x 4 x 4): tensor 2 cannot be laid on it.
   c.mesh.update(data=1, fsdp=-1, tensor=4)
   if finetune:
-    c.data.update(name="booksum", text_glob="", tokenizer="", booksum_text_field="",
-                  booksum_summary_field="", booksum_synthetic=0, booksum_summary_only=True)
+    c.data.update(name="booksum", text_glob="", tokenizer="")
   else:
     c.data.update(name="text_files", text_glob="", tokenizer="")
   c.optimizer.update(lr=1e-4, warmup_steps=50 if finetune else 500, weight_decay=0.0)

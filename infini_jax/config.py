@@ -39,6 +39,13 @@ def defaults(model_name: str = "tiny", **model_changes) -> ml_collections.Config
       train_split="train", eval_split="validation",
       passkey_length=1024, passkey_digits=5, passkey_position="random", passkey_examples=2000,
       passkey_jitter=0, passkey_eval_examples=100, passkey_seed=0,
+      # The passkey's filler: "repeat" (the paper's sentences) or "text" (passages of the files
+      # passkey_filler_glob names, infini_jax/data/passkey.py).
+      passkey_filler="repeat", passkey_filler_glob="",
+      # BookSum (infini_jax/data/booksum.py): the records' field names ("" for the public
+      # releases' own), synthetic books instead of the download, the loss on the summary alone.
+      booksum_text_field="", booksum_summary_field="", booksum_synthetic=0,
+      booksum_summary_only=True,
       # Epochs of training windows: None repeats them for as long as the run lasts.
       num_epochs=ml_collections.config_dict.placeholder(int),
       # The order of the training windows: -1 follows `seed`; a fixed value keeps the data order
