@@ -191,7 +191,8 @@ def pg19_like(data):
   with the split embed axis minor, and libtpu all-reduces them whole even on v5e:2x2), on 16
   chips with `data` data-parallel groups and the rest fsdp."""
   c = tiny_config(data, 16 // data, 1)
-  c.model.update(num_heads=2, num_kv_heads=2, head_dim=128, dtype="bfloat16")
+  c.model.shape.update(num_heads=2, num_kv_heads=2, head_dim=128)
+  c.model.dtype = "bfloat16"
   c.optimizer.name = "adafactor"
   c.batch_size = 16  # one sequence per chip
   return c
