@@ -129,7 +129,8 @@ _MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_under_a_mesh_the_kernel_is_split_by_heads_and_batch():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   proc = subprocess.run([sys.executable, "-c", _MESH_SCRIPT], cwd=root, env=env,
                         capture_output=True, text=True, timeout=300)

@@ -17,7 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def mesh_runs(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("mesh")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  env = dict(os.environ, XLA_FLAGS=flags)
   proc = subprocess.run([sys.executable, "-m", "tests.mesh_worker", str(tmp / "out.json"),
                          str(tmp / "ckpt")], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=600)
