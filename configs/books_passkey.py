@@ -8,8 +8,7 @@ Lost): `data.passkey_filler="text"` with `data.passkey_filler_glob` (infini_jax/
 The recipe starts from the books LM of configs/books_lm.py (the same model, `recipe=best`), as the
 paper fine-tunes a pretrained LM, with the passkey recipe's jitter, the key at a random place of
 prompts of `train_len` tokens. `write_gate=true` adds the passkey recipe's write gate (Infini
-only); it is off by default because a run started from a checkpoint without it cannot yet
-restore the LM's weights (orbax refuses the memory options' changed structure):
+only; `init_from` starts it fresh, as the LM has none):
 
   python train.py --config=configs/books_lm.py:memory=infini,recipe=best --workdir=runs/bk_lm
   python train.py --config=configs/books_passkey.py:memory=infini --workdir=runs/bk_pk \

@@ -29,7 +29,9 @@ the answer's digits, 5 of the 512-4K tokens of a prompt. `jitter=127` makes each
 prompt up to 127 tokens shorter than the window, so that the answer lands at any offset of its
 segment: without it the answer always ends the window's last segment, and a prompt whose question
 ends a segment (the sweep's 2^k-token prompts) puts the answer where training never did. `memory`
-is infini, local or xl.
+is infini, local or xl. `filler=books` cuts each prompt's filler from public-domain books
+(`infini_jax.data.books`, disjoint train and test books) instead of repeating five sentences;
+experiments/books_passkey.py sweeps such prompts on the held-out book.
 `rule=deltanet` (memory.py) replaces memory_scale in the tuned recipe.
 """
 
@@ -39,6 +41,7 @@ from infini_jax import evaluate
 SWEEP = (2048, 4096, 32768)
 SWEEP_LONG = (131072, 524288, 1048576)
 SEGMENT = 128
+BOOKS = "data/books"  # python -m infini_jax.data.books (its docstring says how to fetch them)
 
 
 def mid(lengths: tuple[int, ...]) -> tuple[int, ...]:
@@ -54,11 +57,13 @@ SWEEP_MID, SWEEP_LONG_MID = mid(SWEEP), mid(SWEEP_LONG)
 def get_config(arg=None):
   arg = configlib.parse_arg(arg, runlocal=False, recipe="tuned", memory="infini", rule="linear",
                             steps=1500, train_len=2048, write_gate=False, answer_weight=1.0,
-                            jitter=0)
+                            jitter=0, filler="repeat")
   if arg.runlocal:  # already laptop-sized: runlocal is a one-minute smoke run of the same setup
     arg.update(steps=20, train_len=512)
   if arg.recipe not in ("paper", "tuned"):
     raise ValueError(f"passkey recipe must be 'paper' or 'tuned'; got {arg.recipe!r}")
+  if arg.filler not in ("repeat", "books"):
+    raise ValueError(f"passkey filler must be 'repeat' or 'books'; got {arg.filler!r}")
   if arg.memory not in ("infini", "local", "xl"):
     raise ValueError(f"passkey memory must be infini, local or xl; got {arg.memory!r}")
   # memory_scale sharpens σ; deltanet's unit-length features need no scale (and refuse one).
@@ -75,6 +80,8 @@ def get_config(arg=None):
   c.data.update(name="passkey", passkey_length=0, passkey_position="random",
                 passkey_examples=c.batch_size * arg.steps, passkey_seed=0,  # each prompt new
                 answer_weight=arg.answer_weight, passkey_jitter=arg.jitter)
+  if arg.filler == "books":  # training filler from the train books, the sweep's from the test book
+    c.data.update(passkey_filler="text", passkey_filler_glob=BOOKS)
   c.optimizer.update(lr=3e-3, warmup_steps=100, weight_decay=0.0)
   c.train.update(steps=arg.steps, log_every=25, eval_every=250, checkpoint_every=100)
   # The held-out loss is over whole prompts, mostly filler: retrieval is what is measured here.

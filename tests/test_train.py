@@ -63,6 +63,14 @@ def test_pg19_variants_select_the_memory():
     load("pg19", "memroy=xl")
 
 
+def test_passkey_filler_argument_selects_book_text_or_refuses():
+  books = load("passkey", "filler=books")
+  assert (books.data.passkey_filler, books.data.passkey_filler_glob) == ("text", "data/books")
+  assert load("passkey").data.passkey_filler == "repeat"
+  with pytest.raises(ValueError, match="passkey filler must be 'repeat' or 'books'; got 'book'"):
+    load("passkey", "filler=book")
+
+
 def test_python_lm_arguments_reach_the_model_of_every_memory():
   # experiments/python_lm.py passes these to XL and local as well as to Infini: the shared ones
   # must change the baselines' model too, and an Infini-only one must be refused for them.
