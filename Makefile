@@ -39,7 +39,7 @@ train: $(VENV)/.installed  ## train and evaluate the demo model on the Python st
 
 # One worker per core (pytest-xdist), each file on one worker so that its module fixtures are
 # built once: most tests are single-threaded XLA compiles, so two cores take about half the time.
-test: $(VENV)/.installed-test  ## the test suite on the CPU (about 15 min on 2 cores)
+test: $(VENV)/.installed-test  ## the test suite on the CPU (about 10 min on 2 cores)
 	$(PY) -m pytest -q -n auto --dist loadfile tests
 
 # What JAX sees here: platform, device kinds and counts.

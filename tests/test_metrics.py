@@ -82,3 +82,15 @@ def test_trainer_logs_mfu_against_the_library_peak(monkeypatch, tmp_path):
   flops_per_token = 3 * configlib.model_config(c).flops_per_token()
   assert out["mfu"] == pytest.approx(peaklib.mfu(out["tokens_per_s"], flops_per_token, 1.25e11),
                                      rel=1e-9)
+
+
+def test_the_metric_writer_does_not_import_torch_and_leaves_it_importable(tmp_path):
+  """tensorboardX imports PyTorch when it is installed (2-3 s at every start of train.py); the
+test environment has it (requirements-test.txt, for the converter)."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+  script = ("import sys; from infini_jax import metrics; assert 'torch' not in sys.modules; "
+            f"w = metrics.MetricWriter({str(tmp_path)!r}); w.write(1, {{'loss': 2.0}}); "
+            "w.close(); import torch; print(metrics.read(" + repr(str(tmp_path)) + ")[0]['loss'])")
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and out.stdout.split()[-1] == "2.0", out.stderr[-2000:]
