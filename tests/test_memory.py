@@ -295,3 +295,29 @@ def test_state_size_is_the_papers_formula():
   state = jax.eval_shape(lambda: mem.init_state(1).memory)
   numbers = state.M.size + state.z.size
   assert numbers == mem.footprint() == 8 * 128 * (128 + 1)
+
+
+def test_a_nearly_empty_memory_reads_nearly_nothing_with_finite_gradients():
+  """A head whose write gate has closed writes with weights ~1e-35: σ(q)M / σ(q)z is a finite
+  ratio, but its gradient -num / den² overflowed (training stopped on a NaN gradient at a finite
+  loss, step 706 of a book-filler passkey run)."""
+  B, T, K, G, H = 1, 4, 2, 2, 8
+  keys = jax.random.split(jax.random.key(0), 3)
+  fk = memories.Linear.features(jax.random.normal(keys[0], (B, T, K, H)))
+  v = jax.random.normal(keys[1], (B, T, K, H))
+  fq = memories.Linear.features(jax.random.normal(keys[2], (B, T, K, G, H)))
+  empty = CompressiveMemory(jnp.zeros((B, K, H, H)), jnp.zeros((B, K, H)))
+
+  def read_sum(weight):
+    written = memories.Linear().write(empty, fk, v, jnp.full((B, T, K), weight))
+    return memories.Linear().read(written, fq).sum()
+
+  for weight in (1e-35, 1e-20, 0.0):
+    value, grad = jax.value_and_grad(read_sum)(weight)
+    assert np.isfinite(value) and np.isfinite(grad), (weight, value, grad)
+    assert abs(float(value)) < 1e-3  # (next to) nothing written, (next to) nothing read
+  # A memory that holds something reads as the paper's normalised σ(q)M / σ(q)z.
+  written = memories.Linear().write(empty, fk, v, jnp.ones((B, T, K)))
+  want = (np.einsum("btkgh,bkhv->btkgv", fq, written.M)
+          / np.einsum("btkgh,bkh->btkg", fq, written.z)[..., None])
+  np.testing.assert_allclose(memories.Linear().read(written, fq), want, rtol=1e-5)

@@ -81,11 +81,17 @@ def sigma(x: jax.Array) -> jax.Array:
   return jnp.where(x > 0, x + 1.0, jnp.exp(jnp.minimum(x, 0.0)))
 
 
+# The floor of the read's normaliser σ(q)z. A memory written with weights near 0 (a write gate that
+# has closed, sigmoid(-80) ~ 1e-35) has z ~ 1e-35: the ratio σ(q)M / σ(q)z stays finite, but its
+# gradient -num / den² overflows, and training stopped on a NaN gradient at a finite loss. Memories
+# that hold anything hold far more (z grows by σ(k) w per token, den by σ(q) z: O(1) and up).
+DEN_FLOOR = 1e-6
+
+
 def divide(num: jax.Array, den: jax.Array) -> jax.Array:
-  """num / den[..., None], exactly 0 where den == 0 (the empty memory reads as nothing); the
-  double `where` keeps the gradient finite there too."""
-  ok = den > 0
-  return jnp.where(ok[..., None], num / jnp.where(ok, den, 1.0)[..., None], 0.0)
+  """num / den[..., None] with den floored at DEN_FLOOR: the empty memory (num = 0, den = 0)
+  reads exactly 0, and a nearly empty one reads nearly 0, with finite gradients."""
+  return num / jnp.maximum(den, DEN_FLOOR)[..., None]
 
 
 class Linear:
