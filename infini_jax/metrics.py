@@ -7,25 +7,20 @@ import os
 import sys
 import time
 
-
-def _import_summary_writer():
-  """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch whenever
-  it is installed, to accept its tensors; we hand it Python floats only, and importing torch
-  costs 2-3 s at every start of train.py on a machine that has it (most ML machines do)."""
-  if "torch" in sys.modules:  # already paid for by the caller
-    from tensorboardX import SummaryWriter  # noqa: PLC0415
-    return SummaryWriter
-  sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
-  try:
-    from tensorboardX import SummaryWriter  # noqa: PLC0415
-  finally:
-    del sys.modules["torch"]  # whoever needs torch later (the converter) imports it as usual
-  return SummaryWriter
-
-
-SummaryWriter = _import_summary_writer()
-
 from infini_jax import peak as peaklib
+
+# tensorboardX imports PyTorch whenever it is installed, to accept its tensors; we hand it Python
+# floats only, and importing torch costs 2-3 s at every start of train.py on a machine that has it
+# (most ML machines do). `import torch` raises ImportError while sys.modules["torch"] is None;
+# whoever needs torch later (the converter) imports it as usual.
+_HIDE_TORCH = "torch" not in sys.modules
+if _HIDE_TORCH:
+  sys.modules["torch"] = None
+try:
+  from tensorboardX import SummaryWriter
+finally:
+  if _HIDE_TORCH:
+    del sys.modules["torch"]
 
 
 class MetricWriter:
