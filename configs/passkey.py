@@ -93,6 +93,8 @@ def get_config(arg=None):
       "passkey", lengths=lengths + mid(lengths), positions="random", samples=16, batch_size=16,
       during_training=True, progress=False)
   c.evals.passkey_train.kind = "passkey"
+  if arg.filler == "books":  # the held-out validation book: the test book is the sweep's
+    c.evals.passkey_train.split = "validation"
   # eval.py: the sweep to 1M tokens, key at start, middle and end: 20 prompts per cell to 32K,
   # 10 beyond (52M tokens streamed, about 7 minutes on one core).
   c.evals.passkey = evaluate.settings("passkey", lengths=SWEEP, samples=20, batch_size=20,

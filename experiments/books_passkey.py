@@ -4,8 +4,8 @@ filler drawn from the held-out (test) books, the model of a training run's check
   python -m experiments.books_passkey --config=configs/books_passkey.py:memory=infini \
       --workdir=runs/books/passkey/infini/seed0 --lengths=4096,32768,131072 --samples=5
 
-Scoring is the passkey evaluator's (infini_jax/evaluate.py: teacher-forced greedy digits, the
-state carried through the whole prompt); only the prompts differ. Writes WORKDIR/sweep.json
+Scoring and prompts are the passkey evaluator's (infini_jax/evaluate.py: teacher-forced greedy
+digits, the state carried through the whole prompt, the filler the config's book text). Writes WORKDIR/sweep.json
 ({"acc": {length: {position: fraction}}, "digits": ..., "samples", "step", "seconds"}) after
 every cell, so an interrupted sweep keeps what it measured.
 """
@@ -18,33 +18,12 @@ import sys
 import time
 import types
 
-import numpy as np
 from absl import app, flags
 
 from infini_jax import evaluate, report
-from infini_jax.data import passkey
 from infini_jax.data.tokenizer import get_tokenizer
 
 POSITIONS = ("start", "middle", "end")
-
-
-class BookPasskey(evaluate.Passkey):
-  """The passkey evaluator with prompts whose filler is text from `split`'s files."""
-
-  def __init__(self, config, filler_glob: str, split: str = "test", **kwargs):
-    super().__init__(config, **kwargs)
-    self.filler_glob, self.split = filler_glob, split
-
-  def _cell(self, scorer, length, position, progress) -> np.ndarray:
-    prompts = passkey.passkey_prompts(length, position, self.samples, self.tokenizer,
-                                      digits=self.digits, seed=self.seed, split=self.split,
-                                      filler="text", filler_glob=self.filler_glob)
-    scores = []
-    for ids, answer in prompts:
-      reply = self.tokenizer.encode_array(" " + answer)
-      predicted = scorer([(ids, reply)], progress)[:1]
-      scores.append(evaluate.score_passkey(self.tokenizer.decode(predicted[0]), answer))
-    return np.array(scores, np.float64)
 
 
 def load_config(spec: str):
@@ -74,10 +53,14 @@ def main(argv):
                                lengths=_LENGTHS.value, positions=_POSITIONS.value,
                                samples=_SAMPLES.value, split=_SPLIT.value, out=_OUT.value)
   config = load_config(args.config)
+  if config.data.get("passkey_filler") != "text":
+    raise ValueError(f"{args.config} trains on repeated filler: this sweep is for book filler "
+                     "(configs/passkey.py:...,filler=books or configs/books_passkey.py); "
+                     "sweep repeated filler with eval.py")
   model, step = report.load_model(config, args.workdir)
-  ev = BookPasskey(config, config.data.passkey_filler_glob, args.split,
-                   lengths=args.lengths, positions=args.positions, samples=args.samples,
-                   batch_size=1, chunk_segments=32, progress=False)
+  ev = evaluate.Passkey(config, lengths=args.lengths, positions=args.positions,
+                        samples=args.samples, batch_size=1, chunk_segments=32, progress=False,
+                        split=args.split)
   scorer = evaluate.TeacherForced(model, ev.chunk_segments)
   evaluate.check_vocab(get_tokenizer(config.data.tokenizer), model)
   out = dict(acc={}, digits={}, samples=args.samples, step=step, seconds={},

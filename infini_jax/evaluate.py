@@ -161,14 +161,17 @@ class Passkey:
   position is compared with the answer (teacher forcing): the whole key is right exactly when
   greedy decoding would produce it, and this works for every memory (the baselines' states have
   no decoding cache). Digits are scored in place given the right earlier digits. `samples`
-  prompts per cell, `batch_size` at a time. Lengths are prompt tokens (without BOS). Metrics:
+  prompts per cell, `batch_size` at a time. Lengths are prompt tokens (without BOS). The filler
+  is the training data's (config.data.passkey_filler): with book text, it is cut from `split`'s
+  books, "test" for the sweeps, "validation" for a check during training. Metrics:
   `acc_32K_start` (whole key right) and `digits_32K_start` per cell, and `acc`, `digits` over
   all cells.
   """
 
   def __init__(self, config, lengths=PAPER_LENGTHS, positions=POSITIONS, samples: int = 4,
                batch_size: int = 4, digits: int = 0, seed: int = 0, chunk_segments: int = 16,
-               progress: bool = True, during_training: bool = False, kind: str = ""):
+               progress: bool = True, during_training: bool = False, split: str = "test",
+               kind: str = ""):
     del kind
     self.lengths = _items(lengths, int)
     self.positions = _items(positions, str)
@@ -180,6 +183,11 @@ class Passkey:
       raise ValueError("evals.passkey needs lengths, positions, samples >= 1 and batch_size >= 1; "
                        f"got {self.lengths}, {self.positions}, {samples}, {batch_size}")
     self.tokenizer = get_tokenizer(config.data.tokenizer)
+    self.split = split
+    self.filler = config.data.get("passkey_filler", "repeat")
+    self.filler_glob = config.data.get("passkey_filler_glob", "")
+    # A missing book folder or split fails here, not at the first evaluation an hour in.
+    passkey.filler_tokens(self.filler, self.filler_glob, split, self.tokenizer)
     rng = np.random.default_rng(0)
     for position in self.positions:
       passkey.position_fraction(position, rng)  # A bad position fails here, not after an hour.
@@ -210,7 +218,8 @@ class Passkey:
   def _cell(self, scorer: "TeacherForced", length: int, position: str, progress) -> np.ndarray:
     """[samples, 2]: (digit accuracy, whole key right) per prompt of one cell."""
     prompts = pipeline.iter_passkey_prompts(length, position, self.samples, self.tokenizer,
-                                            self.digits, self.seed)
+                                            self.digits, self.seed, self.split, self.filler,
+                                            self.filler_glob)
     scores = []
     while batch := list(itertools.islice(prompts, self.batch_size)):
       answers = [a for _, a in batch]

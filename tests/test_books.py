@@ -124,3 +124,37 @@ def test_configs_recipes():
   assert np.isclose(pk.data.answer_weight, 8.0)
   with pytest.raises(ValueError, match="use one of"):
     books_passkey.get_config("memory=memorizing")
+
+
+def test_the_passkey_evaluator_cuts_filler_from_its_split_of_the_training_books(corpus):
+  """With book filler the evaluator's prompts are that text, of the evaluator's split: the test
+  book for the sweeps, the validation book during training (configs/passkey.py:filler=books)."""
+  from configs import passkey as passkey_config
+  from infini_jax import evaluate
+  out, _ = corpus
+  config = passkey_config.get_config("filler=books,train_len=512")
+  assert config.evals.passkey_train.split == "validation"
+  config.data.passkey_filler_glob = out
+  seen = []
+
+  def scorer(rows, progress):  # a model that reads the prompt and answers right
+    seen.extend(ByteTokenizer().decode(p[1:]) for p, _ in rows)
+    return [r for _, r in rows]
+
+  for split, word in (("test", "serpent"), ("validation", "forest")):
+    seen.clear()
+    ev = evaluate.Passkey(config, lengths=(400,), positions="middle", samples=2,
+                          batch_size=2, split=split)
+    assert ev._cell(scorer, 400, "middle", None).tolist() == [[1.0, 1.0]] * 2
+    assert len(seen) == 2 and all(word in s and "grass" not in s for s in seen)
+    others = set(WORDS.values()) - {word}
+    assert not any(w in s for w in others for s in seen)
+  config.data.passkey_filler = "repeat"  # the default filler: the five sentences, any split
+  ev = evaluate.Passkey(config, lengths=(400,), positions="middle", samples=1,
+                          batch_size=1, split="validation")
+  seen.clear()
+  ev._cell(scorer, 400, "middle", None)
+  assert "grass is green" in seen[0]
+  config.data.update(passkey_filler="text", passkey_filler_glob=str(os.path.dirname(out)) + "/x")
+  with pytest.raises(ValueError, match="no files match"):
+    evaluate.Passkey(config, lengths=(400,), positions="middle", samples=1)

@@ -412,7 +412,12 @@ def iter_passkey_prompts(
     tokenizer: Tokenizer | str = "byte",
     digits: int = 5,
     seed: int = 0,
+    split: str = "test",
+    filler: str = "repeat",
+    filler_glob: str = "",
 ) -> Iterator[tuple[np.ndarray, str]]:
-  """(prompt ids int32 [1 + ~length] with BOS first, answer digits), made on the fly."""
+  """(prompt ids int32 [1 + ~length] with BOS first, answer digits), made on the fly; with
+  filler "text", the filler is cut from `split`'s files of filler_glob."""
   yield from passkey.passkey_prompts(length, position, num_samples, _tokenizer(tokenizer),
-                                     digits=digits, seed=seed)
+                                     digits=digits, seed=seed, split=split, filler=filler,
+                                     filler_glob=filler_glob)
