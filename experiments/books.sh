@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Long-context LM on public-domain books (configs/books_lm.py) and passkey in a haystack of book
-# text (configs/books_passkey.py), at laptop scale: prepares the books and the vocabulary, trains
-# every memory x seed, then writes the tables (experiments/books_compare.py,
+# text (configs/passkey.py:filler=books), at laptop scale: prepares the books and the
+# vocabulary, trains every memory x seed, then writes the tables (experiments/books_compare.py,
 # experiments/books_passkey.py). A finished run (final_metrics.json) is skipped and an interrupted
 # one resumes from its last checkpoint, so this can be stopped and re-run.
 #   bash experiments/books.sh [lm|passkey|table|all] [RUNS_DIR]
 # STEPS (LM, default 150), SEEDS (default "0 1 2"; one invocation per seed runs them side by
-# side), MEMORIES (memory:recipe, default below), PK_STEPS (default 150), PK_MEMORIES,
-# PK_LENGTHS (default 4096,32768,131072) and PK_SAMPLES (default 5) for the passkey part.
+# side), MEMORIES (memory:recipe, default below); for the passkey part PK_STEPS (the 512-token
+# stage, default 1500), PK_STEPS_4K (700), PK_CONTROLS (default "xl local"), PK_LENGTHS
+# (default 4096,32768,131072; the training length and 1M are swept too) and PK_SAMPLES (10).
 set -euo pipefail
 PHASE=${1:-all}
 RUNS=${2:-runs/books}
 STEPS=${STEPS:-150}
 MEMORIES=${MEMORIES:-infini:best xl:best local:best infini:paper memorizing:best xl:paper local:paper}
-PK_STEPS=${PK_STEPS:-150}
-PK_MEMORIES=${PK_MEMORIES:-infini xl local}
+PK_STEPS=${PK_STEPS:-1500}
+PK_STEPS_4K=${PK_STEPS_4K:-700}
+PK_CONTROLS=${PK_CONTROLS:-xl local}
+PK_LENGTHS=${PK_LENGTHS:-4096,32768,131072}
+PK_SAMPLES=${PK_SAMPLES:-10}
 PY=${PYTHON:-.venv/bin/python}
 
 prepare() {
@@ -45,18 +49,26 @@ lm() {
   done
 }
 
-passkey() {  # fine-tunes each memory's LM of the same seed on book-filler passkey prompts
-  for seed in ${SEEDS:-0}; do
-    for memory in $PK_MEMORIES; do
-      lm_dir=$RUNS/lm/${memory}_best/seed$seed
-      [ -f "$lm_dir/final_metrics.json" ] || { echo "skip passkey $memory: no $lm_dir"; continue; }
-      dir=$RUNS/passkey/${memory}/seed$seed
-      train "$dir" "configs/books_passkey.py:memory=$memory,steps=$PK_STEPS" \
-          --config.seed="$seed" --config.init_from="$lm_dir/checkpoints"
-      [ -f "$dir/sweep.json" ] || "$PY" -m experiments.books_passkey --workdir="$dir" \
-          --config="configs/books_passkey.py:memory=$memory,steps=$PK_STEPS" \
-          --lengths="${PK_LENGTHS:-4096,32768,131072}" --samples="${PK_SAMPLES:-5}" \
-          > "$dir/sweep.log" 2>&1
+sweep() {  # CONFIG DIR LENGTHS SAMPLES OUT: the held-out book's passkey sweep of a run
+  [ -f "$2/$5" ] || "$PY" -m experiments.books_passkey --config="$1" --workdir="$2" \
+      --lengths="$3" --samples="$4" --out="$5" > "$2/${5%.json}.log" 2>&1
+}
+
+passkey() {  # the best passkey recipe (RESULTS.md section 1) with book filler, from scratch
+  local pk=configs/passkey.py:filler=books
+  for seed in ${SEEDS:-0 1 2}; do
+    local seeds="--config.seed=$seed --config.data.passkey_seed=$seed"
+    local s1=$RUNS/passkey/infini_512/seed$seed s2=$RUNS/passkey/infini/seed$seed
+    train "$s1" "$pk,write_gate=true,train_len=512,steps=$PK_STEPS" $seeds
+    train "$s2" "$pk,write_gate=true,jitter=127,train_len=4096,steps=$PK_STEPS_4K" $seeds \
+        --config.init_from="$s1/checkpoints" --config.optimizer.lr=1e-3 \
+        --config.optimizer.gate_lr_mult=1
+    sweep "$pk,write_gate=true,train_len=4096" "$s2" "512,$PK_LENGTHS" "$PK_SAMPLES" sweep.json
+    sweep "$pk,write_gate=true,train_len=4096" "$s2" 1048576 2 sweep_1m.json
+    for memory in $PK_CONTROLS; do  # the same 512-token stage: they see 128 / 256 tokens
+      local dir=$RUNS/passkey/$memory/seed$seed
+      train "$dir" "$pk,memory=$memory,train_len=512,steps=$PK_STEPS" $seeds
+      sweep "$pk,memory=$memory,train_len=512" "$dir" "512,$PK_LENGTHS" "$PK_SAMPLES" sweep.json
     done
   done
 }
