@@ -59,7 +59,12 @@ FILLERS = ("repeat", "text")
 
 @functools.lru_cache(maxsize=8)
 def _text_filler(filler_glob: str, split: str, tokenizer: Tokenizer) -> np.ndarray:
-  root, files = text_files.expand_text_glob(filler_glob)
+  try:
+    root, files = text_files.expand_text_glob(filler_glob)
+  except ValueError:
+    raise ValueError(f"passkey filler: no files match {filler_glob!r}; prepare the books "
+                     "(python -m infini_jax.data.books) or point data.passkey_filler_glob at a "
+                     "folder of UTF-8 text files") from None
   chosen = [f for f in files
             if text_files.split_of(os.path.relpath(f, root).replace(os.sep, "/")) == split]
   if not chosen:
