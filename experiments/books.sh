@@ -8,7 +8,8 @@
 # STEPS (LM, default 150), SEEDS (default "0 1 2"; one invocation per seed runs them side by
 # side), MEMORIES (memory:recipe, default below); for the passkey part PK_STEPS (the 512-token
 # stage, default 1500), PK_STEPS_4K (700), PK_CONTROLS (default "xl local"), PK_LENGTHS
-# (default 4096,32768,131072; the training length and 1M are swept too) and PK_SAMPLES (10).
+# (default 4096,32768,131072; the training length and 1M are swept too, and each less half a
+# segment) and PK_SAMPLES (10).
 set -euo pipefail
 PHASE=${1:-all}
 RUNS=${2:-runs/books}
@@ -49,6 +50,14 @@ lm() {
   done
 }
 
+with_mid() {  # 512,4096 -> 512,4096,448,4032: each length and the same less half a segment (64),
+  # so that the answer sits inside its segment as well as opening one (configs/passkey.py: mid)
+  local n out=$1
+  IFS=, read -ra lengths <<< "$1"
+  for n in "${lengths[@]}"; do out+=",$((n - 64))"; done
+  echo "$out"
+}
+
 sweep() {  # CONFIG DIR LENGTHS SAMPLES OUT: the held-out book's passkey sweep of a run
   [ -f "$2/$5" ] || "$PY" -m experiments.books_passkey --config="$1" --workdir="$2" \
       --lengths="$3" --samples="$4" --out="$5" > "$2/${5%.json}.log" 2>&1
@@ -63,12 +72,14 @@ passkey() {  # the best passkey recipe (RESULTS.md section 1) with book filler, 
     train "$s2" "$pk,write_gate=true,jitter=127,train_len=4096,steps=$PK_STEPS_4K" $seeds \
         --config.init_from="$s1/checkpoints" --config.optimizer.lr=1e-3 \
         --config.optimizer.gate_lr_mult=1
-    sweep "$pk,write_gate=true,train_len=4096" "$s2" "512,$PK_LENGTHS" "$PK_SAMPLES" sweep.json
+    sweep "$pk,write_gate=true,train_len=4096" "$s2" "$(with_mid "512,$PK_LENGTHS")" \
+        "$PK_SAMPLES" sweep.json
     sweep "$pk,write_gate=true,train_len=4096" "$s2" 1048576 2 sweep_1m.json
     for memory in $PK_CONTROLS; do  # the same 512-token stage: they see 128 / 256 tokens
       local dir=$RUNS/passkey/$memory/seed$seed
       train "$dir" "$pk,memory=$memory,train_len=512,steps=$PK_STEPS" $seeds
-      sweep "$pk,memory=$memory,train_len=512" "$dir" "512,$PK_LENGTHS" "$PK_SAMPLES" sweep.json
+      sweep "$pk,memory=$memory,train_len=512" "$dir" "$(with_mid "512,$PK_LENGTHS")" \
+          "$PK_SAMPLES" sweep.json
     done
   done
 }
