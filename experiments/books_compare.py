@@ -78,19 +78,29 @@ def verdicts(results: dict, evaluator: str) -> str:
   return "\n".join(lines)
 
 
+def _tokens(label: str) -> int:
+  """'32K' -> 32768, '448' -> 448: a sweep's length label back to tokens, for sorting."""
+  scale = {"K": 2**10, "M": 2**20}.get(label[-1], 1)
+  return int(label[:-1] if scale > 1 else label) * scale
+
+
 def passkey_table(runs: str) -> str:
-  """Whole-key accuracy per (length, position) of every passkey run's sweep*.json."""
-  rows = []
+  """Whole-key accuracy (digits) per length and key position of every passkey run: the cells
+  of its sweep*.json files together, shortest prompt first."""
+  cells = {}  # run name -> {length label: (acc by position, digits by position, samples)}
   for path in sorted(glob.glob(os.path.join(runs, "passkey", "*", "seed*", "sweep*.json"))):
     with open(path) as f:
       sweep = json.load(f)
     run = os.path.dirname(path)
     name = f"{os.path.basename(os.path.dirname(run))} {os.path.basename(run)}"
-    for length, cells in sweep["acc"].items():
-      row = [name, length] + [
-          f"{100 * cells[p]:.0f}% ({100 * sweep['digits'][length][p]:.0f}%)" if p in cells
-          else "–" for p in ("start", "middle", "end")]
-      rows.append(row + [str(sweep["samples"])])
+    for length, acc in sweep["acc"].items():
+      cells.setdefault(name, {})[length] = (acc, sweep["digits"][length], sweep["samples"])
+  rows = []
+  for name, lengths in cells.items():
+    for length in sorted(lengths, key=_tokens):
+      acc, digits, samples = lengths[length]
+      rows.append([name, length] + [f"{100 * acc[p]:.0f}% ({100 * digits[p]:.0f}%)" if p in acc
+                                    else "–" for p in ("start", "middle", "end")] + [str(samples)])
   if not rows:
     return ""
   lines = ["| run | prompt length | start: whole key (digits) | middle | end | prompts per cell |",

@@ -188,3 +188,24 @@ def test_python_lm_sweep_skips_finished_runs_and_stops_at_a_failure(tmp_path):
                           "steps=20", "--config.seed=0", f"--workdir={tmp_path}/local/seed0"]
   with pytest.raises(RuntimeError, match=r"local seed 2 failed \(exit 1\): see .*train.log"):
     python_lm.sweep(str(tmp_path), runs[1:], [2], 20, run=lambda *a, **k: fake(*a, **k, code=1))
+
+
+def test_books_passkey_table_merges_a_runs_sweeps_shortest_prompt_first(tmp_path):
+  from experiments import books_compare
+
+  def sweep(run, name, acc, samples=10):
+    os.makedirs(tmp_path / "passkey" / run, exist_ok=True)
+    with open(tmp_path / "passkey" / run / name, "w") as f:
+      json.dump({"acc": acc, "digits": {k: {p: v / 2 for p, v in c.items()} for k, c in
+                                        acc.items()}, "samples": samples}, f)
+
+  sweep("infini/seed2", "sweep.json", {"4K": {"start": 1.0, "end": 0.5}, "448": {"start": 0.2}})
+  sweep("infini/seed2", "sweep_1m.json", {"1M": {"start": 0.0}}, samples=2)
+  sweep("xl/seed2", "sweep.json", {"32K": {"middle": 0.1}})
+  rows = books_compare.passkey_table(str(tmp_path)).splitlines()[2:]
+  assert [r.split(" | ")[:2] for r in rows] == [
+      ["| infini seed2", "448"], ["| infini seed2", "4K"], ["| infini seed2", "1M"],
+      ["| xl seed2", "32K"]]
+  assert rows[1] == "| infini seed2 | 4K | 100% (50%) | – | 50% (25%) | 10 |"
+  assert rows[2].endswith("| 2 |")
+  assert books_compare.passkey_table(str(tmp_path / "none")) == ""
