@@ -78,9 +78,10 @@ results-lm: $(VENV)/.installed  ## Python LM, every run of RESULTS section 2 (ab
 	$(PY) -m experiments.python_lm --runs_dir=runs/python_lm --steps=1500 --seeds="$(SEEDS)" \
 	    --runs="$(RUNS)"
 
-# 7 models x 3 seeds of the book LM (150 steps each, 4-20 CPU-minutes a run) and the book-text
-# passkey for Infini, XL and local: about 4 CPU-hours.
-results-books: $(VENV)/.installed  ## book LM by context position and passkey among book text (docs/RESULTS.md section 4; about 4 CPU-hours)
+# 7 models x 3 seeds of the book LM (150 steps each, 4-20 CPU-minutes a run), then per seed the
+# book-filler passkey: Infini's two stages (about an hour), XL and local (half an hour each) and
+# the sweeps to 1M. About 9 hours on a 2-core machine.
+results-books: $(VENV)/.installed  ## book LM by context position and passkey among book text (docs/RESULTS.md section 4; about 9 hours)
 	PYTHON=$(PY) bash experiments/books.sh all runs/books
 
 clean:  ## remove .venv and runs/
