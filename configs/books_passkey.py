@@ -1,6 +1,7 @@
-"""Passkey retrieval in a haystack of real text: the filler is book text, not five repeated
-sentences, so a model cannot learn to skip one known filler (issue: the repository's best
-repeated-filler recipe retrieves 0-20% of keys among book text).
+"""Passkey retrieval in a haystack of real text, fine-tuned from the book LM: the filler is book
+text, not five repeated sentences, so a model cannot learn to skip one known filler. At its
+150 steps this learned no retrieval; the passkey recipe trained from scratch on book filler,
+configs/passkey.py:filler=books, does (docs/RESULTS.md section 4).
 
 Training prompts take their filler from the train books of `infini_jax.data.books` (Alice in
 Wonderland, the LoC workshop proceedings), the sweep's from the held-out test book (Paradise

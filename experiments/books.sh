@@ -69,12 +69,14 @@ passkey() {  # the best passkey recipe (RESULTS.md section 1) with book filler, 
     local seeds="--config.seed=$seed --config.data.passkey_seed=$seed"
     local s1=$RUNS/passkey/infini_512/seed$seed s2=$RUNS/passkey/infini/seed$seed
     train "$s1" "$pk,write_gate=true,train_len=512,steps=$PK_STEPS" $seeds
+    sweep "$pk,write_gate=true,train_len=512" "$s1" "$(with_mid "512,$PK_LENGTHS")" \
+        "$PK_SAMPLES" sweep.json  # the first stage alone
     train "$s2" "$pk,write_gate=true,jitter=127,train_len=4096,steps=$PK_STEPS_4K" $seeds \
         --config.init_from="$s1/checkpoints" --config.optimizer.lr=1e-3 \
         --config.optimizer.gate_lr_mult=1
     sweep "$pk,write_gate=true,train_len=4096" "$s2" "$(with_mid "512,$PK_LENGTHS")" \
         "$PK_SAMPLES" sweep.json
-    sweep "$pk,write_gate=true,train_len=4096" "$s2" 1048576 2 sweep_1m.json
+    sweep "$pk,write_gate=true,train_len=4096" "$s2" "$(with_mid 1048576)" 2 sweep_1m.json
     for memory in $PK_CONTROLS; do  # the same 512-token stage: they see 128 / 256 tokens
       local dir=$RUNS/passkey/$memory/seed$seed
       train "$dir" "$pk,memory=$memory,train_len=512,steps=$PK_STEPS" $seeds
