@@ -5,9 +5,9 @@ filler drawn from the held-out (test) books, the model of a training run's check
       --workdir=runs/books/passkey/infini/seed0 --lengths=4096,32768,131072 --samples=5
 
 Scoring and prompts are the passkey evaluator's (infini_jax/evaluate.py: teacher-forced greedy
-digits, the state carried through the whole prompt, the filler the config's book text). Writes WORKDIR/sweep.json
-({"acc": {length: {position: fraction}}, "digits": ..., "samples", "step", "seconds"}) after
-every cell, so an interrupted sweep keeps what it measured.
+digits, the state carried through the whole prompt, the filler the config's book text). Writes
+WORKDIR/sweep.json ({"acc": {length: {position: fraction}}, "digits": ..., "samples", "step",
+"seconds"}) after every cell, so an interrupted sweep keeps what it measured.
 """
 
 from __future__ import annotations

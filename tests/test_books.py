@@ -143,15 +143,15 @@ def test_the_passkey_evaluator_cuts_filler_from_its_split_of_the_training_books(
 
   for split, word in (("test", "serpent"), ("validation", "forest")):
     seen.clear()
-    ev = evaluate.Passkey(config, lengths=(400,), positions="middle", samples=2,
-                          batch_size=2, split=split)
+    ev = evaluate.Passkey(config, lengths=(400,), positions="middle", samples=2, batch_size=2,
+                          split=split)
     assert ev._cell(scorer, 400, "middle", None).tolist() == [[1.0, 1.0]] * 2
     assert len(seen) == 2 and all(word in s and "grass" not in s for s in seen)
     others = set(WORDS.values()) - {word}
     assert not any(w in s for w in others for s in seen)
   config.data.passkey_filler = "repeat"  # the default filler: the five sentences, any split
-  ev = evaluate.Passkey(config, lengths=(400,), positions="middle", samples=1,
-                          batch_size=1, split="validation")
+  ev = evaluate.Passkey(config, lengths=(400,), positions="middle", samples=1, batch_size=1,
+                        split="validation")
   seen.clear()
   ev._cell(scorer, 400, "middle", None)
   assert "grass is green" in seen[0]
