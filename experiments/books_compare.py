@@ -99,8 +99,9 @@ def passkey_table(runs: str) -> str:
   for name, lengths in cells.items():
     for length in sorted(lengths, key=_tokens):
       acc, digits, samples = lengths[length]
-      rows.append([name, length] + [f"{100 * acc[p]:.0f}% ({100 * digits[p]:.0f}%)" if p in acc
-                                    else "–" for p in ("start", "middle", "end")] + [str(samples)])
+      row = [f"{100 * acc[p]:.0f}% ({100 * digits[p]:.0f}%)" if p in acc else "–"
+             for p in ("start", "middle", "end")]
+      rows.append([name, length] + row + [str(samples)])
   if not rows:
     return ""
   lines = ["| run | prompt length | start: whole key (digits) | middle | end | prompts per cell |",
