@@ -158,3 +158,40 @@ def test_the_passkey_evaluator_cuts_filler_from_its_split_of_the_training_books(
   config.data.update(passkey_filler="text", passkey_filler_glob=str(os.path.dirname(out)) + "/x")
   with pytest.raises(ValueError, match=r"no files match .*infini_jax\.data\.books"):
     evaluate.Passkey(config, lengths=(400,), positions="middle", samples=1)
+
+
+def test_write_strength_reads_the_runs_book_filler_and_records_each_layers_strengths(
+    corpus, make_model):
+  """experiments/write_strength.py: a book-filler run's prompt is cut from the split's book, and
+  the strengths come back per layer in token order, each layer's own: with w = 0 every token of
+  layer l, head k writes with sigmoid(b[l, k])."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from configs import passkey as passkey_config
+  from experiments import write_strength
+  from infini_jax.memories.options import WriteGate
+  out, _ = corpus
+  config = passkey_config.get_config("filler=books,write_gate=true,train_len=512")
+  config.data.passkey_filler_glob = out
+  tok = ByteTokenizer()
+  ids, masks, key = write_strength.prompt(config.data, 400, "test", tok)
+  filler = tok.decode(ids[masks["filler"]])
+  assert len(ids) == 401 and "serpent" in filler and "grass" not in filler
+  assert tok.decode(ids[masks["key digits"]]) == key * 2
+
+  model = make_model(infini=dict(write_gate=True))
+  b = np.array([[2.0, -1.0], [-3.0, 0.5]], np.float32)  # [layers, kv heads]
+  for _, gate in nnx.iter_graph(model):
+    if isinstance(gate, WriteGate):
+      gate.w[...] = jnp.zeros(gate.w.shape)
+      gate.b[...] = jnp.asarray(b)
+  toks = np.arange(1, 20, dtype=np.int32)  # two and a half segments of 8
+  beta = write_strength.strengths(model, toks)
+  assert len(beta) == 2 and all(x.shape == (19, 2) for x in beta)
+  for layer in range(2):
+    np.testing.assert_allclose(beta[layer], np.broadcast_to(1 / (1 + np.exp(-b[layer])), (19, 2)),
+                               rtol=1e-6)
+  assert WriteGate.weigh.__name__ == "weigh"  # the recording hook is undone
+  share = write_strength.table(beta, {"key digits": np.arange(19) < 2})[-1]
+  assert share.startswith("| key digits' share of the writes | 19 | 0.105 0.105 | 0.105 0.105 |")
