@@ -7,14 +7,15 @@ book (default the held-out test book, as the sweeps use).
   python -m experiments.write_strength --config=configs/passkey.py:write_gate=true \
       --workdir=runs/pk/gated_512 [--length=2048] [--split=test]
 
-Runs the model segment by segment outside jit, so that each layer's strengths can be recorded.
 """
 
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
+from flax import nnx
 from ml_collections import config_flags
 
 from infini_jax import report
@@ -47,7 +48,8 @@ def prompt(data, length: int, split: str, tok) -> tuple[np.ndarray, dict[str, np
 
 def strengths(model, ids: np.ndarray) -> list[np.ndarray]:
   """Each layer's write strength of every token of `ids` [tokens]: one float [tokens, K] array
-  per layer, the stream run segment by segment with its state carried."""
+  per layer, the stream run segment by segment with its state carried (one jitted segment; the
+  strengths leave it through an ordered callback, in the order the layers run)."""
   recorded = []  # one [T, K] array per layer call, in call order
   original = WriteGate.weigh
 
@@ -59,30 +61,35 @@ def strengths(model, ids: np.ndarray) -> list[np.ndarray]:
   WriteGate.weigh = record
   try:
     T, L = model.cfg.shape.segment_len, model.cfg.shape.num_layers
+    step = nnx.jit(lambda m, chunk, state: m.segment(chunk, state, jnp.ones(chunk.shape, bool))[1])
     state = model.init_state(1)
     for s in range(0, len(ids), T):
-      chunk = ids[None, s:s + T]
-      _, state = model.segment(chunk, state, np.ones(chunk.shape, bool))
+      state = step(model, ids[None, s:s + T], state)
     jax.effects_barrier()
   finally:
     WriteGate.weigh = original
   return [np.concatenate(recorded[layer::L], axis=0) for layer in range(L)]
 
 
+def heads(values: np.ndarray) -> str:
+  """One figure per head, 3 significant digits: a strength of 2e-05 is not printed as 0."""
+  return " ".join(f"{v:.3g}" for v in values)
+
+
 def table(beta: list[np.ndarray], masks: dict[str, np.ndarray]) -> list[str]:
-  """Markdown rows: the mean strength of each part, one figure per head, and the key digits'
-  share of all the head's writes over the prompt (what the read at the question can weigh
+  """Markdown rows: the mean strength of each part, one figure per head, each head's sum over
+  the prompt, and the key digits' share of that sum (what the read at the question can weigh
   the key by, before σ(q)·σ(k) tells tokens apart)."""
   L = len(beta)
   rows = ["| part | tokens | " + " | ".join(f"layer {i}" for i in range(L)) + " |",
           "|---|---|" + "---|" * L]
   for name, m in masks.items():
-    cells = [" ".join(f"{v:.3f}" for v in b[m].mean(0)) for b in beta]
-    rows.append(f"| {name} | {int(m.sum())} | " + " | ".join(cells) + " |")
-  digits = masks["key digits"]
-  share = [" ".join(f"{v:.3f}" for v in b[digits].sum(0) / b.sum(0)) for b in beta]
-  rows.append(f"| key digits' share of the writes | {len(digits)} | " + " | ".join(share)
-              + " |")
+    rows.append(f"| {name} | {int(m.sum())} | " + " | ".join(heads(b[m].mean(0)) for b in beta)
+                + " |")
+  n = len(masks["key digits"])
+  rows.append(f"| all writes (sum) | {n} | " + " | ".join(heads(b.sum(0)) for b in beta) + " |")
+  share = [heads(b[masks["key digits"]].sum(0) / b.sum(0)) for b in beta]
+  rows.append(f"| key digits' share of the writes | {n} | " + " | ".join(share) + " |")
   return rows
 
 
