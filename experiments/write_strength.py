@@ -22,15 +22,6 @@ from infini_jax import report
 from infini_jax.memories.options import WriteGate
 from infini_jax.data import passkey, tokenizer as toklib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:args].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
-_LENGTH = flags.DEFINE_integer("length", 2048, "Prompt length in tokens.")
-_SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
-                           "Which split's text the filler is cut from (book filler only).")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
 def prompt(data, length: int, split: str, tok) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
   """One prompt of `length` tokens, key in the middle, filler as config.data `data` makes it.
   -> (ids int32 [1 + length] with BOS first, the parts' token masks (BOS in none), the key)."""
@@ -113,4 +104,12 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags only when run: the tests import prompt and strengths next to modules that define --config.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "The run's config file[:args].",
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The training run's workdir.")
+  _LENGTH = flags.DEFINE_integer("length", 2048, "Prompt length in tokens.")
+  _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"],
+                             "Which split's text the filler is cut from (book filler only).")
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
