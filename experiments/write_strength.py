@@ -6,7 +6,6 @@ book (default the held-out test book, as the sweeps use).
 
   python -m experiments.write_strength --config=configs/passkey.py:write_gate=true \
       --workdir=runs/pk/gated_512 [--length=2048] [--split=test]
-
 """
 
 import sys
