@@ -1,5 +1,5 @@
 """The book tables: streamed perplexity by context position with seed spread, the Infini-minus-
-baseline gaps seed by seed, and the passkey-in-books sweep.
+baseline gaps seed by seed, the Infini runs' gates, and the passkey-in-books sweep.
 
   python -m experiments.books_compare runs/books     # RUNS/lm/NAME/seedN, RUNS/passkey/NAME/seedN
 
@@ -123,6 +123,9 @@ def main(argv):
                    f"seeds):\n\n{position_table(results, evaluator)}")
       parts.append(f"Infini against the baselines on the {what}:\n\n"
                    f"{verdicts(results, evaluator)}")
+  g = compare.gates(results)
+  if g:  # whether the memory is read at all: a gate near 0 is local attention alone
+    parts.append("The Infini runs' gates, sigmoid(β) per layer:\n\n" + g)
   pk = passkey_table(runs)
   if pk:
     parts.append("Passkey with book filler (held-out book), whole key right:\n\n" + pk)

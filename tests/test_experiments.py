@@ -209,3 +209,19 @@ def test_books_passkey_table_merges_a_runs_sweeps_shortest_prompt_first(tmp_path
   assert rows[1] == "| infini seed2 | 4K | 100% (50%) | – | 50% (25%) | 10 |"
   assert rows[2].endswith("| 2 |")
   assert books_compare.passkey_table(str(tmp_path / "none")) == ""
+
+
+def test_gates_table_gives_each_infini_runs_layers_quartiles_and_skips_runs_without_gates():
+  from experiments import compare
+
+  def run(seed, layer0, layer1=()):
+    m = {f"eval/gates/gate/layer0/head{h}": v for h, v in enumerate(layer0)}
+    m.update({f"eval/gates/gate/layer1/head{h}": v for h, v in enumerate(layer1)})
+    return dict(metrics=m, seed=seed)
+
+  rows = compare.gates({"infini_best": [run("0", [0.05, 0.5, 0.95], [0.2, 0.3, 0.4])],
+                        "xl_best": [dict(metrics={"eval/perplexity/ppl": 9.0}, seed="0")]})
+  assert rows.splitlines()[2:] == [
+      "| infini_best | 0 | layer0 | 0.050 / 0.500 / 0.950 | 1 | 1 | 3 |",
+      "| infini_best | 0 | layer1 | 0.200 / 0.300 / 0.400 | 0 | 0 | 3 |"]
+  assert compare.gates({"xl_best": [dict(metrics={}, seed="0")]}) == ""
