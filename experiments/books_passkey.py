@@ -4,10 +4,15 @@ filler drawn from the held-out (test) books, the model of a training run's check
   python -m experiments.books_passkey --config=configs/books_passkey.py:memory=infini \
       --workdir=runs/books/passkey/infini/seed0 --lengths=4096,32768,131072 --samples=5
 
+  # which layer's memory the retrieval needs: the same cells with layer 0's reads emptied
+  python -m experiments.books_passkey ... --empty_reads=0 --out=empty_reads_0.json
+
 Scoring and prompts are the passkey evaluator's (infini_jax/evaluate.py: teacher-forced greedy
 digits, the state carried through the whole prompt, the filler the config's book text). Writes
 WORKDIR/sweep.json ({"acc": {length: {position: fraction}}, "digits": ..., "samples", "step",
-"seconds"}) after every cell, so an interrupted sweep keeps what it measured.
+"seconds", "empty_reads"}) after every cell, so an interrupted sweep keeps what it measured.
+`--empty_reads` empties the memory reads of those layers as experiments/memory_ablation.py does
+(the writes go on); name its --out apart from sweep*.json, which books_compare reads as the run's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import types
 
 from absl import app, flags
 
+from experiments import memory_ablation
 from infini_jax import evaluate, report
 from infini_jax.data.tokenizer import get_tokenizer
 
@@ -35,15 +41,23 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
-_CONFIG = flags.DEFINE_string("config", None, "configs/books_passkey.py:ARGS of the run.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The fine-tuned run's workdir.")
-_LENGTHS = flags.DEFINE_string("lengths", "4096,32768,131072", "Prompt lengths in tokens, "
-                               "comma-separated.")
-_POSITIONS = flags.DEFINE_string("positions", ",".join(POSITIONS), "Where the key sits: start, "
-                                 "middle and/or end, comma-separated.")
-_SAMPLES = flags.DEFINE_integer("samples", 5, "Prompts per cell.")
-_SPLIT = flags.DEFINE_string("split", "test", "Whose books the filler comes from.")
-_OUT = flags.DEFINE_string("out", "sweep.json", "File name in WORKDIR for the accuracies.")
+def empty_reads(model, config, layers: str) -> tuple[int, ...]:
+  """Empties the memory reads of `layers` ("0,1"; "" leaves the model as trained) and returns
+  them; a layer the model lacks, or a model without Infini memory, is an error."""
+  try:
+    off = tuple(int(x) for x in layers.split(",") if x.strip())
+  except ValueError:
+    raise ValueError(f"--empty_reads={layers}: give layer numbers, comma-separated") from None
+  if not off:
+    return off
+  if config.model.memory != "infini":
+    raise ValueError(f"--empty_reads={layers}: model.memory={config.model.memory!r} has no "
+                     "memory read; use it on an infini run")
+  n = config.model.shape.num_layers
+  if any(not 0 <= i < n for i in off):
+    raise ValueError(f"--empty_reads={layers}: the model has layers 0 to {n - 1}")
+  memory_ablation.empty_reads(model, off)
+  return off
 
 
 def main(argv):
@@ -51,20 +65,25 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = types.SimpleNamespace(config=_CONFIG.value, workdir=_WORKDIR.value,
                                lengths=_LENGTHS.value, positions=_POSITIONS.value,
-                               samples=_SAMPLES.value, split=_SPLIT.value, out=_OUT.value)
+                               samples=_SAMPLES.value, split=_SPLIT.value, out=_OUT.value,
+                               empty_reads=_EMPTY_READS.value)
+  if args.empty_reads and args.out.startswith("sweep"):
+    raise ValueError(f"--out={args.out} with --empty_reads: books_compare reads sweep*.json as "
+                     "the run as trained; name it apart, e.g. --out=empty_reads_0.json")
   config = load_config(args.config)
   if config.data.get("passkey_filler") != "text":
     raise ValueError(f"{args.config} trains on repeated filler: this sweep is for book filler "
                      "(configs/passkey.py:...,filler=books or configs/books_passkey.py); "
                      "sweep repeated filler with eval.py")
   model, step = report.load_model(config, args.workdir)
+  off = empty_reads(model, config, args.empty_reads)
   ev = evaluate.Passkey(config, lengths=args.lengths, positions=args.positions,
                         samples=args.samples, batch_size=1, chunk_segments=32, progress=False,
                         split=args.split)
   scorer = evaluate.TeacherForced(model, ev.chunk_segments)
   evaluate.check_vocab(get_tokenizer(config.data.tokenizer), model)
   out = dict(acc={}, digits={}, samples=args.samples, step=step, seconds={},
-             filler_split=args.split)
+             filler_split=args.split, empty_reads=list(off))
   path = os.path.join(args.workdir, args.out)
   for length in ev.lengths:
     for position in ev.positions:
@@ -91,5 +110,17 @@ def run(argv):
 
 
 if __name__ == "__main__":
+  # Flags only when run: the tests import empty_reads next to other modules that define --config.
+  _CONFIG = flags.DEFINE_string("config", None, "configs/books_passkey.py:ARGS of the run.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The fine-tuned run's workdir.")
+  _LENGTHS = flags.DEFINE_string("lengths", "4096,32768,131072", "Prompt lengths in tokens, "
+                                 "comma-separated.")
+  _POSITIONS = flags.DEFINE_string("positions", ",".join(POSITIONS), "Where the key sits: start, "
+                                   "middle and/or end, comma-separated.")
+  _SAMPLES = flags.DEFINE_integer("samples", 5, "Prompts per cell.")
+  _SPLIT = flags.DEFINE_string("split", "test", "Whose books the filler comes from.")
+  _OUT = flags.DEFINE_string("out", "sweep.json", "File name in WORKDIR for the accuracies.")
+  _EMPTY_READS = flags.DEFINE_string("empty_reads", "", "Layers whose memory reads return 0, "
+                                     "comma-separated (an Infini run); empty: as trained.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(run)

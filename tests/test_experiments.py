@@ -225,3 +225,24 @@ def test_gates_table_gives_each_infini_runs_layers_quartiles_and_skips_runs_with
       "| infini_best | 0 | layer0 | 0.050 / 0.500 / 0.950 | 1 | 1 | 3 |",
       "| infini_best | 0 | layer1 | 0.200 / 0.300 / 0.400 | 0 | 0 | 3 |"]
   assert compare.gates({"xl_best": [dict(metrics={}, seed="0")]}) == ""
+
+
+def test_books_passkey_empty_reads_takes_layer_numbers_and_refuses_what_the_model_lacks(
+    make_model):
+  import ml_collections
+  import numpy as np
+
+  from experiments import books_passkey, memory_ablation
+  config = ml_collections.ConfigDict(dict(model=dict(memory="infini",
+                                                     shape=dict(num_layers=2))))
+  model = make_model(shape=dict(num_layers=2))
+  assert books_passkey.empty_reads(model, config, "") == ()
+  assert not isinstance(model.stages[0].blocks.attn.memory.gate, memory_ablation.EmptyReads)
+  assert books_passkey.empty_reads(model, config, "1") == (1,)
+  np.testing.assert_array_equal(model.stages[0].blocks.attn.memory.gate.on[...], [1.0, 0.0])
+  for layers, match in [("2", "has layers 0 to 1"), ("0,x", "give layer numbers")]:
+    with pytest.raises(ValueError, match=match):
+      books_passkey.empty_reads(model, config, layers)
+  config.model.memory = "xl"
+  with pytest.raises(ValueError, match="use it on an infini run"):
+    books_passkey.empty_reads(make_model(memory="xl"), config, "0")
