@@ -6,13 +6,17 @@ filler drawn from the held-out (test) books, the model of a training run's check
 
   # which layer's memory the retrieval needs: the same cells with layer 0's reads emptied
   python -m experiments.books_passkey ... --empty_reads=0 --out=empty_reads_0.json
+  # what layer 0's later writes cost: its memory held at its state after 4,096 tokens
+  python -m experiments.books_passkey ... --hold=0:4096 --out=hold_0_4096.json
 
 Scoring and prompts are the passkey evaluator's (infini_jax/evaluate.py: teacher-forced greedy
 digits, the state carried through the whole prompt, the filler the config's book text). Writes
 WORKDIR/sweep.json ({"acc": {length: {position: fraction}}, "digits": ..., "samples", "step",
-"seconds", "empty_reads"}) after every cell, so an interrupted sweep keeps what it measured.
-`--empty_reads` empties the memory reads of those layers as experiments/memory_ablation.py does
-(the writes go on); name its --out apart from sweep*.json, which books_compare reads as the run's.
+"seconds", "empty_reads", "hold"}) after every cell, so an interrupted sweep keeps what it
+measured. `--empty_reads` empties the memory reads of those layers as experiments/memory_ablation.py
+does (the writes go on); `--hold=L:N` keeps layer L's memory as it was after the first N tokens
+(whole chunks of 32 segments), while the other layers' stream on. Name their --out apart from
+sweep*.json, which books_compare reads as the run as trained.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import sys
 import time
 import types
 
+import jax
+import jax.numpy as jnp
 from absl import app, flags
 
 from experiments import memory_ablation
@@ -60,16 +66,64 @@ def empty_reads(model, config, layers: str) -> tuple[int, ...]:
   return off
 
 
+def held(state, snapshot, layer: int):
+  """The scan state with `layer`'s memory replaced by `snapshot` (that layer's M and z); the
+  Infini stack is one stage of stacked layers, so a layer is an index of every memory leaf."""
+  stage = state.layers[0]
+  memory = jax.tree.map(lambda x, s: x.at[layer].set(s), stage.memory, snapshot)
+  return state._replace(layers=(stage._replace(memory=memory),) + state.layers[1:])
+
+
+class HeldScorer(evaluate.TeacherForced):
+  """The teacher-forced scorer with one layer's memory held at its state after the first `after`
+  tokens of each prompt (taken at the first chunk boundary at or past it)."""
+
+  def __init__(self, model, chunk_segments: int, layer: int, after: int):
+    super().__init__(model, chunk_segments)
+    consume = self._consume
+
+    def consume_held(params, state, tokens, mask):
+      state = consume(params, state, tokens, mask)
+      self.seen += tokens.shape[1]
+      if self.seen >= after:
+        if self.snapshot is None:  # a copy: the next call donates the state's buffers
+          self.snapshot = jax.tree.map(lambda x: jnp.copy(x[layer]), state.layers[0].memory)
+        else:
+          state = held(state, self.snapshot, layer)
+      return state
+
+    self._consume = consume_held
+
+  def __call__(self, rows, progress=None):
+    self.seen, self.snapshot = 0, None
+    return super().__call__(rows, progress)
+
+
+def parse_hold(hold: str, config) -> tuple[int, int] | None:
+  """'0:4096' -> (0, 4096); '' -> None."""
+  if not hold:
+    return None
+  try:
+    layer, after = (int(x) for x in hold.split(":"))
+  except ValueError:
+    raise ValueError(f"--hold={hold}: give LAYER:TOKENS, e.g. --hold=0:4096") from None
+  if (config.model.memory != "infini" or not 0 <= layer < config.model.shape.num_layers
+      or after < 1):
+    raise ValueError(f"--hold={hold}: give a layer of an infini model, 0 to "
+                     f"{config.model.shape.num_layers - 1}, and at least 1 token")
+  return layer, after
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   args = types.SimpleNamespace(config=_CONFIG.value, workdir=_WORKDIR.value,
                                lengths=_LENGTHS.value, positions=_POSITIONS.value,
                                samples=_SAMPLES.value, split=_SPLIT.value, out=_OUT.value,
-                               empty_reads=_EMPTY_READS.value)
-  if args.empty_reads and args.out.startswith("sweep"):
-    raise ValueError(f"--out={args.out} with --empty_reads: books_compare reads sweep*.json as "
-                     "the run as trained; name it apart, e.g. --out=empty_reads_0.json")
+                               empty_reads=_EMPTY_READS.value, hold=_HOLD.value)
+  if (args.empty_reads or args.hold) and args.out.startswith("sweep"):
+    raise ValueError(f"--out={args.out} with --empty_reads or --hold: books_compare reads "
+                     "sweep*.json as the run as trained; name it apart, e.g. --out=hold.json")
   config = load_config(args.config)
   if config.data.get("passkey_filler") != "text":
     raise ValueError(f"{args.config} trains on repeated filler: this sweep is for book filler "
@@ -77,13 +131,16 @@ def main(argv):
                      "sweep repeated filler with eval.py")
   model, step = report.load_model(config, args.workdir)
   off = empty_reads(model, config, args.empty_reads)
+  hold = parse_hold(args.hold, config)
   ev = evaluate.Passkey(config, lengths=args.lengths, positions=args.positions,
                         samples=args.samples, batch_size=1, chunk_segments=32, progress=False,
                         split=args.split)
-  scorer = evaluate.TeacherForced(model, ev.chunk_segments)
+  scorer = (HeldScorer(model, ev.chunk_segments, *hold) if hold else
+            evaluate.TeacherForced(model, ev.chunk_segments))
   evaluate.check_vocab(get_tokenizer(config.data.tokenizer), model)
   out = dict(acc={}, digits={}, samples=args.samples, step=step, seconds={},
-             filler_split=args.split, empty_reads=list(off))
+             filler_split=args.split, empty_reads=list(off),
+             hold=list(hold or ()))
   path = os.path.join(args.workdir, args.out)
   for length in ev.lengths:
     for position in ev.positions:
@@ -122,5 +179,7 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", "sweep.json", "File name in WORKDIR for the accuracies.")
   _EMPTY_READS = flags.DEFINE_string("empty_reads", "", "Layers whose memory reads return 0, "
                                      "comma-separated (an Infini run); empty: as trained.")
+  _HOLD = flags.DEFINE_string("hold", "", "LAYER:TOKENS: that layer's memory held at its state "
+                              "after the first TOKENS tokens of each prompt; empty: as trained.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(run)

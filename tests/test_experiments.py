@@ -246,3 +246,34 @@ def test_books_passkey_empty_reads_takes_layer_numbers_and_refuses_what_the_mode
   config.model.memory = "xl"
   with pytest.raises(ValueError, match="use it on an infini run"):
     books_passkey.empty_reads(make_model(memory="xl"), config, "0")
+
+
+def test_books_passkey_hold_keeps_a_layers_memory_so_later_text_cannot_reach_it(make_model):
+  """One layer, its memory held after the first segment: the text between that segment and the
+  reply's own segment changes the replies only through the held memory, so not at all."""
+  import ml_collections
+  import numpy as np
+
+  from experiments import books_passkey
+  from infini_jax import evaluate
+  from tests.conftest import set_gates
+  model = make_model(shape=dict(num_layers=1))
+  set_gates(model, 6.0)  # the replies read the memory almost alone, so what it holds shows
+  T = model.cfg.shape.segment_len
+  rng = np.random.default_rng(0)
+  prompt, reply = rng.integers(1, 64, 5 * T), rng.integers(1, 64, 2 * T)
+  other = prompt.copy()
+  other[T:4 * T] = rng.integers(1, 64, 3 * T)  # segments 2-4: after the hold, before the reply
+  plain = evaluate.TeacherForced(model, chunk_segments=1)
+  held = books_passkey.HeldScorer(model, chunk_segments=1, layer=0, after=T)
+  np.testing.assert_array_equal(held([(prompt, reply)])[0], held([(other, reply)])[0])
+  assert (plain([(prompt, reply)])[0] != plain([(other, reply)])[0]).any()
+  late = books_passkey.HeldScorer(model, chunk_segments=1, layer=0, after=10 * T)
+  np.testing.assert_array_equal(late([(prompt, reply)])[0], plain([(prompt, reply)])[0])
+
+  config = ml_collections.ConfigDict(dict(model=dict(memory="infini", shape=dict(num_layers=2))))
+  assert books_passkey.parse_hold("1:4096", config) == (1, 4096)
+  assert books_passkey.parse_hold("", config) is None
+  for hold in ["2:4096", "0:0", "0", "a:1"]:
+    with pytest.raises(ValueError, match="--hold="):
+      books_passkey.parse_hold(hold, config)
