@@ -26,7 +26,8 @@ segments of keys, top 32, as in configs/python_lm.py). `recipe`:
   best   the project's best LM recipe (docs/RESULTS.md section 2): Infini with memory_decay,
          xl_cache, gate_init -3, memory_add, token_shift 8 started at 0 and memory_scale; the
          baselines with the same token shift, so that every model gets the same input.
-`steps` (default 150, the laptop budget of `make results-books`), `segment`, `shuffle_seed` as in
+`steps` (default 150, the laptop budget of `make results-books`; at 400 every memory overfits
+the four books, docs/RESULTS.md section 4), `segment`, `shuffle_seed` as in
 configs/python_lm.py. `runlocal`: a 10-step smoke run that streams 4K tokens of each book.
 """
 
