@@ -82,6 +82,7 @@ passkey() {  # the best passkey recipe (RESULTS.md section 1) with book filler, 
       train "$dir" "$pk,memory=$memory,train_len=512,steps=$PK_STEPS" $seeds
       sweep "$pk,memory=$memory,train_len=512" "$dir" "$(with_mid "512,$PK_LENGTHS")" \
           "$PK_SAMPLES" sweep.json
+      sweep "$pk,memory=$memory,train_len=512" "$dir" "$(with_mid 1048576)" 2 sweep_1m.json
     done
   done
 }
