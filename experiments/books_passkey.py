@@ -47,6 +47,16 @@ def load_config(spec: str):
   return module.get_config(arg or None)
 
 
+def check_layers(flag: str, layers, config) -> None:
+  """`layers` must be layers of an Infini model: the two ablations below act on its memory."""
+  if config.model.memory != "infini":
+    raise ValueError(f"{flag}: model.memory={config.model.memory!r} has no memory read; use it "
+                     "on an infini run")
+  n = config.model.shape.num_layers
+  if any(not 0 <= i < n for i in layers):
+    raise ValueError(f"{flag}: the model has layers 0 to {n - 1}")
+
+
 def empty_reads(model, config, layers: str) -> tuple[int, ...]:
   """Empties the memory reads of `layers` ("0,1"; "" leaves the model as trained) and returns
   them; a layer the model lacks, or a model without Infini memory, is an error."""
@@ -54,15 +64,9 @@ def empty_reads(model, config, layers: str) -> tuple[int, ...]:
     off = tuple(int(x) for x in layers.split(",") if x.strip())
   except ValueError:
     raise ValueError(f"--empty_reads={layers}: give layer numbers, comma-separated") from None
-  if not off:
-    return off
-  if config.model.memory != "infini":
-    raise ValueError(f"--empty_reads={layers}: model.memory={config.model.memory!r} has no "
-                     "memory read; use it on an infini run")
-  n = config.model.shape.num_layers
-  if any(not 0 <= i < n for i in off):
-    raise ValueError(f"--empty_reads={layers}: the model has layers 0 to {n - 1}")
-  memory_ablation.empty_reads(model, off)
+  if off:
+    check_layers(f"--empty_reads={layers}", off, config)
+    memory_ablation.empty_reads(model, off)
   return off
 
 
@@ -107,10 +111,9 @@ def parse_hold(hold: str, config) -> tuple[int, int] | None:
     layer, after = (int(x) for x in hold.split(":"))
   except ValueError:
     raise ValueError(f"--hold={hold}: give LAYER:TOKENS, e.g. --hold=0:4096") from None
-  if (config.model.memory != "infini" or not 0 <= layer < config.model.shape.num_layers
-      or after < 1):
-    raise ValueError(f"--hold={hold}: give a layer of an infini model, 0 to "
-                     f"{config.model.shape.num_layers - 1}, and at least 1 token")
+  check_layers(f"--hold={hold}", (layer,), config)
+  if after < 1:
+    raise ValueError(f"--hold={hold}: hold after at least 1 token")
   return layer, after
 
 
